@@ -1,0 +1,216 @@
+"""The wire protocol between the controller and the guest agent.
+
+One JSON object per line, UTF-8, always ASCII-escaped so that providers whose SDKs carry the agent's
+stdin/stdout as *text* (Modal, E2B) can never split a multi-byte character between two chunks.
+Every line is capped (``MAX_LINE_BYTES``); anything larger (context files) travels in chunks.
+
+This module is imported on both sides of the trust boundary, so it uses the standard library only and
+never evaluates anything it reads: a message is parsed with ``json.loads`` and then checked against
+``SCHEMAS`` before any field is used.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+PROTOCOL_VERSION = 1
+MAX_LINE_BYTES = 8 * 1024 * 1024
+# Raw bytes per put_file chunk; base64 makes it 4/3 larger, still well under MAX_LINE_BYTES.
+FILE_CHUNK_BYTES = 4 * 1024 * 1024
+
+STATUSES = ("ok", "error", "timeout", "kernel_restarted", "oom", "sandbox_lost")
+
+
+class ProtocolError(ValueError):
+    """A line or message that breaks the protocol (too long, not JSON, wrong shape)."""
+
+
+_STR = (str,)
+_INT = (int,)
+_NUM = (int, float)
+_BOOL = (bool,)
+_ANY = None  # any JSON value
+
+# type -> {field: (allowed python types or None for any JSON value, required)}
+SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | None, bool]]] = {
+    # controller -> agent
+    "execute": {"id": (_STR, True), "code": (_STR, True), "timeout": (_NUM, True)},
+    "interrupt": {},
+    "put_file": {
+        "id": (_STR, True),
+        "path": (_STR, True),
+        "chunk": (_STR, True),
+        "offset": (_INT, True),
+        "last": (_BOOL, True),
+    },
+    "reply": {"to": (_STR, True), "ok": (_BOOL, True), "value": (_ANY, False), "error": (_STR, False)},
+    "ping": {"id": (_STR, True)},
+    "shutdown": {},
+    # agent -> controller
+    "ready": {"protocol": (_INT, True), "versions": ((dict,), True)},
+    "result": {
+        "id": (_STR, True),
+        "status": (_STR, True),
+        "stdout": (_STR, False),
+        "stderr": (_STR, False),
+        "error": ((dict, type(None)), False),
+        "display": ((list,), False),
+        "duration": (_NUM, False),
+        "notice": ((str, type(None)), False),
+    },
+    "call": {"id": (_STR, True), "name": (_STR, True), "payload": (_ANY, False)},
+    "pong": {"id": (_STR, True)},
+    "stream": {"id": (_STR, True), "name": (_STR, True), "text": (_STR, True)},
+}
+
+TO_AGENT = frozenset({"execute", "interrupt", "put_file", "reply", "ping", "shutdown"})
+TO_CONTROLLER = frozenset({"ready", "result", "call", "pong", "stream"})
+
+MAX_ID_CHARS = 64
+MAX_CALL_NAME_CHARS = 128
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """Serialize one message as a single ASCII line ending in ``\\n``.
+
+    Raises ProtocolError when the line would exceed MAX_LINE_BYTES, so an oversized payload fails
+    where it is produced instead of being cut on the way.
+    """
+    line = json.dumps(message, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    data = line.encode("ascii") + b"\n"
+    if len(data) > MAX_LINE_BYTES:
+        raise ProtocolError(f"message of {len(data)} bytes exceeds the {MAX_LINE_BYTES}-byte line cap")
+    return data
+
+
+def decode(line: bytes | str, direction: frozenset[str] | None = None) -> dict[str, Any]:
+    """Parse and schema-check one line. Never evaluates anything beyond JSON parsing.
+
+    ``direction`` restricts the accepted message types (e.g. the controller accepts only
+    TO_CONTROLLER types from a box).
+    """
+    if len(line) > MAX_LINE_BYTES:
+        raise ProtocolError("line exceeds the size cap")
+    try:
+        message = json.loads(line)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"not JSON: {exc.__class__.__name__}") from None
+    validate(message, direction)
+    return message
+
+
+def validate(message: Any, direction: frozenset[str] | None = None) -> None:
+    """Check a parsed message against SCHEMAS; raise ProtocolError naming the first fault."""
+    if not isinstance(message, dict):
+        raise ProtocolError("message is not an object")
+    kind = message.get("type")
+    if not isinstance(kind, str) or kind not in SCHEMAS:
+        raise ProtocolError(f"unknown message type {str(kind)[:40]!r}")
+    if direction is not None and kind not in direction:
+        raise ProtocolError(f"message type {kind!r} not allowed in this direction")
+    schema = SCHEMAS[kind]
+    for field, value in message.items():
+        if field == "type":
+            continue
+        if field not in schema:
+            raise ProtocolError(f"{kind}: unexpected field {field[:40]!r}")
+        allowed, _ = schema[field]
+        # bool is an int subclass; keep them apart so {"offset": true} is rejected.
+        if allowed is not None and (
+            not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)
+        ):
+            raise ProtocolError(f"{kind}: field {field!r} has the wrong type")
+    for field, (_, required) in schema.items():
+        if required and field not in message:
+            raise ProtocolError(f"{kind}: missing field {field!r}")
+    for field in ("id", "to"):
+        if field in message and len(message[field]) > MAX_ID_CHARS:
+            raise ProtocolError(f"{kind}: {field} too long")
+    if kind == "result" and message["status"] not in STATUSES:
+        raise ProtocolError(f"result: unknown status {message['status'][:40]!r}")
+    if kind == "call" and len(message["name"]) > MAX_CALL_NAME_CHARS:
+        raise ProtocolError("call: name too long")
+    if kind == "put_file" and message["offset"] < 0:
+        raise ProtocolError("put_file: negative offset")
+
+
+class LineBuffer:
+    """Splits a byte stream into lines without ever holding more than the cap.
+
+    A line longer than ``max_line`` is dropped as it arrives (the rest of it is skipped up to the next
+    newline) and reported once as an ``OverflowLine`` sentinel, so a hostile peer cannot make the
+    reader buffer unbounded data.
+    """
+
+    def __init__(self, max_line: int = MAX_LINE_BYTES) -> None:
+        self._max = max_line
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._skipping = False
+
+    def feed(self, data: bytes) -> Iterator[bytes | None]:
+        """Yield complete lines (without newline); yield None for each oversized line dropped."""
+        start = 0
+        while True:
+            nl = data.find(b"\n", start)
+            if nl < 0:
+                rest = data[start:]
+                if rest and not self._skipping:
+                    self._size += len(rest)
+                    if self._size > self._max:
+                        self._parts.clear()
+                        self._size = 0
+                        self._skipping = True
+                    else:
+                        self._parts.append(rest)
+                return
+            piece = data[start:nl]
+            start = nl + 1
+            if self._skipping:
+                self._skipping = False
+                yield None
+                continue
+            if self._size + len(piece) > self._max:
+                self._parts.clear()
+                self._size = 0
+                yield None
+                continue
+            if self._parts:
+                self._parts.append(piece)
+                line = b"".join(self._parts)
+                self._parts.clear()
+                self._size = 0
+            else:
+                line = piece
+            if line.strip():
+                yield line
+
+    @property
+    def pending(self) -> int:
+        return self._size
+
+
+def b64encode(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64decode(text: str) -> bytes:
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (ValueError, UnicodeEncodeError):
+        raise ProtocolError("chunk is not valid base64") from None
+
+
+def guest_version() -> str:
+    """A digest of the guest package's source: the agent in a box must be the controller's own."""
+    digest = hashlib.sha256()
+    here = Path(__file__).resolve().parent
+    for path in sorted(here.glob("*.py")):
+        digest.update(path.name.encode())
+        digest.update(b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
