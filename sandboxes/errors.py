@@ -23,5 +23,6 @@ class SandboxLost(SandboxError):
     """The box stopped answering or died; its state is gone."""
 
 
-class GuestCallError(Exception):
-    """Raised inside kernel code when the controller answers a guest call with an error."""
+# Raised inside kernel code when the controller answers a guest call with an error. Defined in the
+# guest package, which a box has without the rest of ``sandboxes``.
+from sandboxes.guest.runtime import GuestCallError  # noqa: E402,F401

@@ -75,10 +75,14 @@ class Backend(abc.ABC):
     async def destroy(self) -> None:
         """Destroy the box and everything in it. Idempotent; never raises; always finishes."""
 
+    def emergency_destroy(self) -> None:
+        """Synchronous best-effort destroy, for interpreter exit and SIGTERM (no event loop there)."""
+
     async def diagnose(self) -> str | None:
         """After the stream ended unexpectedly: why the box died, if the provider can say.
 
-        Return e.g. "the box was OOM-killed (memory limit 1024 MB)" or None when unknown.
+        Return e.g. "the box ran out of memory (limit 1024 MB)" or None when unknown. A text saying
+        "out of memory" or "OOM" makes the lost cell's status ``oom``.
         """
         return None
 

@@ -1,0 +1,192 @@
+"""The local backend: the agent as a child process of the controller. For development only.
+
+It is NOT an isolation boundary: kernel code runs as the controller's user, can read what that user
+can read, and can reach the network. What it does give: a private temporary working folder, an
+environment holding nothing of the host's (no API keys), best-effort rlimits (address space, CPU
+seconds, file size, open files), and a guarantee that every process the box started is killed when
+it closes, including ones that left their process group (they are found by a marker in their
+environment).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from sandboxes.backends.base import Backend, ByteStream, agent_argv
+from sandboxes.errors import SandboxStartError
+from sandboxes.transport import UnixListener
+
+MARKER_ENV = "SANDBOX_BOX_ID"
+GUEST_SOURCE = Path(__file__).resolve().parent.parent / "guest"
+
+
+def _minimal_env(home: Path, guest_root: Path, box_id: str, extra: dict[str, str]) -> dict[str, str]:
+    env = {
+        "PATH": os.pathsep.join(p for p in (str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin")),
+        "HOME": str(home),
+        "TMPDIR": str(home / "tmp"),
+        "LANG": "C.UTF-8",
+        "PYTHONPATH": str(guest_root),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        # Fewer malloc arenas keep a kernel's address space inside RLIMIT_AS.
+        "MALLOC_ARENA_MAX": "2",
+        MARKER_ENV: box_id,
+    }
+    env.update(extra)
+    return env
+
+
+def ship_guest(root: Path) -> Path:
+    """Lay out the guest package under ``root`` as a box sees it: ``sandboxes/guest/*.py`` beside an
+    empty ``sandboxes/__init__.py``, so the agent never imports controller code."""
+    package = root / "sandboxes"
+    (package / "guest").mkdir(parents=True, exist_ok=True)
+    (package / "__init__.py").write_text("")
+    for source in GUEST_SOURCE.glob("*.py"):
+        shutil.copyfile(source, package / "guest" / source.name)
+    return root
+
+
+class LocalSandbox(Backend):
+    name = "local"
+
+    def __init__(self, spec, box_id):  # type: ignore[no-untyped-def]
+        super().__init__(spec, box_id)
+        self.dir: Path | None = None
+        self.proc: asyncio.subprocess.Process | None = None
+        self.listener: UnixListener | None = None
+        self.destroyed = False
+
+    async def start(self) -> ByteStream:
+        self.dir = Path(tempfile.mkdtemp(prefix=f"sbx-{self.box_id[:8]}-"))
+        work = self.dir / "work"
+        (work / "tmp").mkdir(parents=True)
+        guest_root = ship_guest(self.dir / "guest")
+        self.listener = await UnixListener.open(self.dir / "agent.sock", mode=0o600)
+        argv = agent_argv(sys.executable, self.spec, str(work), str(self.listener.path))
+        log = open(self.dir / "agent.log", "wb")
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *argv, cwd=work, env=_minimal_env(work, guest_root, self.box_id, self.spec.env),
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=log,
+                start_new_session=True)
+        finally:
+            log.close()
+        self._limit(self.proc.pid)
+        accept = asyncio.ensure_future(self.listener.accept(self.spec.startup_timeout_s))
+        exited = asyncio.ensure_future(self.proc.wait())
+        await asyncio.wait({accept, exited}, return_when=asyncio.FIRST_COMPLETED)
+        if not accept.done():
+            accept.cancel()
+            raise SandboxStartError(f"the local agent exited before connecting: {await self.diagnose()}")
+        exited.cancel()
+        return accept.result()
+
+    def _limit(self, pid: int) -> None:
+        """Best-effort rlimits on the agent; the kernel it starts inherits them."""
+        mb = 1024 * 1024
+        limits = {
+            resource.RLIMIT_AS: self.spec.memory_mb * mb,
+            resource.RLIMIT_FSIZE: self.spec.disk_mb * mb,
+            resource.RLIMIT_NOFILE: self.spec.nofile,
+            resource.RLIMIT_CPU: int(self.spec.lifetime_s) + 1,
+        }
+        for which, value in limits.items():
+            try:
+                resource.prlimit(pid, which, (value, value))
+            except (OSError, ValueError):
+                pass
+
+    def _box_pids(self) -> set[int]:
+        """Every live process of this box: the agent's tree, and any carrying the box's marker."""
+        marker = f"{MARKER_ENV}={self.box_id}".encode()
+        pids: set[int] = set()
+        parents: dict[int, int] = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            pid = int(entry.name)
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    stat = f.read()
+                parents[pid] = int(stat[stat.rindex(b")") + 2 :].split()[1])
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    if marker in f.read().split(b"\0"):
+                        pids.add(pid)
+            except (OSError, ValueError):
+                continue
+        if self.proc is not None:
+            frontier = {self.proc.pid}
+            while frontier:
+                pids |= frontier
+                frontier = {p for p, ppid in parents.items() if ppid in frontier and p not in pids}
+        pids.discard(os.getpid())
+        return pids
+
+    def _kill_all(self) -> None:
+        for _ in range(3):  # a fork racing the kill can leave a new child: sweep again
+            pids = self._box_pids()
+            if self.proc is not None and self.proc.returncode is None:
+                pids.add(self.proc.pid)
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(0.005)
+
+    async def destroy(self) -> None:
+        if self.destroyed:
+            return
+        self.destroyed = True
+        self._kill_all()
+        if self.proc is not None and self.proc.returncode is None:
+            try:
+                await asyncio.wait_for(self.proc.wait(), 5.0)
+            except (TimeoutError, asyncio.CancelledError):
+                pass
+        if self.listener is not None:
+            await self.listener.close()
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def emergency_destroy(self) -> None:
+        if self.destroyed:
+            return
+        self.destroyed = True
+        self._kill_all()
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    async def diagnose(self) -> str | None:
+        if self.proc is None:
+            return None
+        code = self.proc.returncode
+        if code is None:
+            return None
+        what = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        tail = ""
+        if self.dir is not None:
+            try:
+                text = (self.dir / "agent.log").read_bytes()[-2000:].decode(errors="replace").strip()
+                tail = f"; its last words: {text}" if text else ""
+            except OSError:
+                pass
+        return f"the agent process {what}{tail}"
+
+    def describe(self) -> dict[str, object]:
+        return {"backend": self.name, "box_id": self.box_id, "pid": self.proc.pid if self.proc else None,
+                "dir": str(self.dir)}
+
+
+BACKEND = LocalSandbox

@@ -1,0 +1,293 @@
+"""Sandbox: one box, its agent, and the channel to it; the public face of the sandbox layer.
+
+Every wait has a deadline derived from the spec, every failure path destroys the box, and a
+cancelled caller still gets its box destroyed (closing runs in a task of its own, shielded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any, AsyncIterator, Mapping
+
+import structlog
+
+from sandboxes import cleanup
+from sandboxes.backends import backend_class
+from sandboxes.backends.base import Backend
+from sandboxes.channel import Channel, Handler
+from sandboxes.errors import SandboxClosed, SandboxError, SandboxLost, SandboxStartError
+from sandboxes.guest import protocol
+from sandboxes.results import ExecError, ExecResult
+from sandboxes.spec import SandboxSpec
+
+log = structlog.get_logger("sandboxes")
+
+# Slack on top of a cell's own timeout + grace + a kernel restart before the agent counts as gone.
+EXECUTE_SLACK_S = 5.0
+SHUTDOWN_WAIT_S = 1.0
+
+
+class Sandbox:
+    """A started box. Use ``open_sandbox`` (or ``Sandbox.start`` and ``close``) to get one."""
+
+    def __init__(self, spec: SandboxSpec, backend: Backend, channel: Channel, ready: dict[str, Any]) -> None:
+        self.spec = spec
+        self.backend = backend
+        self.channel = channel
+        self.versions: dict[str, Any] = ready.get("versions", {})
+        self.workdir: str = str(self.versions.get("workdir", ""))
+        self.started_at = time.monotonic()
+        self._exec_lock = asyncio.Lock()
+        self._closing: asyncio.Future[None] | None = None
+        self._loss: tuple[str, str] | None = None  # (status, reason)
+        self._loss_task: asyncio.Task[None] | None = None
+        self._lifetime = asyncio.get_running_loop().call_later(spec.lifetime_s, self._expire)
+        channel.on_lost = self._on_lost
+
+    @property
+    def box_id(self) -> str:
+        return self.backend.box_id
+
+    # --- start --------------------------------------------------------------------------------
+
+    @classmethod
+    async def start(cls, spec: SandboxSpec | None = None, handlers: Mapping[str, Handler] | None = None,
+                    box_id: str | None = None) -> "Sandbox":
+        """Create the box, start its agent and wait for ``ready``, all within startup_timeout_s."""
+        spec = spec or SandboxSpec()
+        backend = backend_class(spec.backend)(spec, box_id or uuid.uuid4().hex[:12])
+        cleanup.register(backend)
+        channel: Channel | None = None
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(spec.startup_timeout_s):
+                stream = await backend.start()
+                channel = Channel(stream, handlers=handlers, max_concurrent_calls=spec.max_concurrent_calls,
+                                  max_pending_calls=spec.max_pending_calls, box_id=backend.box_id)
+                channel.start()
+                ready = await channel.ready(spec.startup_timeout_s)
+            _check_versions(ready)
+        except BaseException as exc:
+            reason = await _abort_start(backend, channel)
+            if isinstance(exc, TimeoutError):
+                raise SandboxStartError(
+                    f"the {spec.backend} sandbox did not become ready within {spec.startup_timeout_s:g} s"
+                    + (f": {reason}" if reason else "")) from None
+            if isinstance(exc, SandboxLost):
+                raise SandboxStartError(f"the {spec.backend} sandbox died while starting: "
+                                        f"{reason or exc}") from None
+            raise
+        box = cls(spec, backend, channel, ready)
+        log.debug("sandbox_started", box_id=box.box_id, backend=spec.backend,
+                  seconds=round(time.monotonic() - started, 3))
+        return box
+
+    def bind(self, handlers: Mapping[str, Handler]) -> None:
+        """Attach the guest-call handlers (e.g. when a pool hands a started box to a run)."""
+        self.channel.handlers = dict(handlers)
+
+    # --- cells --------------------------------------------------------------------------------
+
+    async def execute(self, code: str, timeout: float | None = None) -> ExecResult:
+        """Run one cell. Never raises for what the cell does: the status says how it ended."""
+        self._check_open()
+        timeout = float(timeout if timeout is not None else self.spec.cell_timeout_s)
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        async with self._exec_lock:
+            if self._loss is not None:
+                return await self._lost_result()
+            request_id = self.channel.new_id("x")
+            wait = timeout + self.spec.kill_grace_s + self.spec.startup_timeout_s + EXECUTE_SLACK_S
+            try:
+                message = await self.channel.request(
+                    {"type": "execute", "id": request_id, "code": code, "timeout": timeout}, wait)
+            except TimeoutError:
+                self._on_lost(f"the agent did not answer within {wait:g} s of the cell's start")
+                return await self._lost_result()
+            except SandboxLost:
+                return await self._lost_result()
+            except asyncio.CancelledError:
+                # The caller gave up: stop the cell rather than leave it running.
+                if self._loss is None:
+                    asyncio.ensure_future(self._quiet_send({"type": "interrupt"}))
+                raise
+        error = message.get("error")
+        return ExecResult(
+            status=message["status"],
+            stdout=message.get("stdout", ""),
+            stderr=message.get("stderr", ""),
+            error=ExecError(str(error.get("name", "")), str(error.get("value", "")),
+                            str(error.get("traceback", ""))) if isinstance(error, dict) else None,
+            display=[d for d in message.get("display", []) if isinstance(d, dict)],
+            duration_s=float(message.get("duration", 0.0)),
+            notice=message.get("notice"),
+        )
+
+    async def interrupt(self) -> None:
+        """Interrupt the running cell (it ends with an error, KeyboardInterrupt)."""
+        self._check_open()
+        await self._quiet_send({"type": "interrupt"})
+
+    async def put_file(self, path: str, data: bytes | bytearray | memoryview | os.PathLike[str]) -> None:
+        """Write ``data`` (bytes, or a local file given as a Path) to ``path`` in the box.
+
+        Relative paths are relative to the kernel's working folder. Sent in chunks, so size is bounded
+        only by the box's disk.
+        """
+        self._check_open()
+        if isinstance(data, str):
+            raise TypeError("put_file takes bytes, or a pathlib.Path naming a local file to upload")
+        if self._loss is not None:
+            raise SandboxLost(self._loss[1])
+        upload_id = self.channel.new_id("f")
+        total = 0
+        done = self.channel.expect(upload_id)
+        try:
+            for offset, chunk, last in _chunks(data):
+                await self.channel.send({"type": "put_file", "id": upload_id, "path": path,
+                                         "chunk": protocol.b64encode(chunk), "offset": offset, "last": last})
+                total = offset + len(chunk)
+                if done.done():  # the agent refused early
+                    break
+            reply = await asyncio.wait_for(done, 30.0 + total / 10e6)
+        except TimeoutError:
+            raise SandboxError(f"uploading {path} ({total} bytes) got no answer from the agent") from None
+        finally:
+            self.channel.forget(upload_id)
+        if reply["status"] != "ok":
+            err = reply.get("error") or {}
+            raise SandboxError(f"could not write {path} in the box: {err.get('name')}: {err.get('value')}")
+
+    # --- loss, expiry and closing -------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closing is not None:
+            raise SandboxClosed(f"sandbox {self.box_id} is closed; open a new one")
+
+    def _expire(self) -> None:
+        self._on_lost(f"the box reached its lifetime of {self.spec.lifetime_s:g} s and was destroyed")
+
+    def _on_lost(self, reason: str) -> None:
+        if self._loss_task is None:
+            self._loss = ("sandbox_lost", reason)
+            self._loss_task = asyncio.ensure_future(self._handle_loss(reason))
+
+    async def _handle_loss(self, reason: str) -> None:
+        try:
+            why = await asyncio.wait_for(self.backend.diagnose(), 10.0)
+        except Exception:
+            why = None
+        if why:
+            status = "oom" if "out of memory" in why.lower() or "oom" in why.lower() else "sandbox_lost"
+            self._loss = (status, f"{reason}: {why}")
+        log.warning("sandbox_lost", box_id=self.box_id, reason=self._loss[1] if self._loss else reason)
+        await self.channel.close()
+        await self.backend.destroy()
+
+    async def _lost_result(self) -> ExecResult:
+        if self._loss_task is not None:
+            await asyncio.shield(self._loss_task)
+        status, reason = self._loss or ("sandbox_lost", "the sandbox is gone")
+        return ExecResult(status=status,  # type: ignore[arg-type]
+                          error=ExecError("SandboxLost", reason, ""),
+                          notice=f"{reason}. The box and its state are gone; open a new sandbox.")
+
+    async def _quiet_send(self, message: dict[str, Any]) -> None:
+        try:
+            await self.channel.send(message)
+        except (SandboxLost, OSError):
+            pass
+
+    async def close(self) -> None:
+        """Shut the agent down and destroy the box. Idempotent; finishes even if the caller is cancelled."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
+        self._lifetime.cancel()
+        try:
+            if self._loss is None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.channel.send({"type": "shutdown"}), SHUTDOWN_WAIT_S)
+            if self._loss_task is not None:
+                with contextlib.suppress(Exception):
+                    await self._loss_task
+            await self.channel.close()
+        finally:
+            await self.backend.destroy()
+            cleanup.unregister(self.backend)
+            log.debug("sandbox_closed", box_id=self.box_id)
+
+    async def __aenter__(self) -> "Sandbox":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+
+@contextlib.asynccontextmanager
+async def open_sandbox(spec: SandboxSpec | None = None, handlers: Mapping[str, Handler] | None = None, *,
+                       box_id: str | None = None) -> AsyncIterator[Sandbox]:
+    """Open a sandbox for the duration of a block; it is destroyed on exit, error or cancellation."""
+    box = await Sandbox.start(spec, handlers, box_id)
+    try:
+        yield box
+    finally:
+        await box.close()
+
+
+def _check_versions(ready: dict[str, Any]) -> None:
+    if ready.get("protocol") != protocol.PROTOCOL_VERSION:
+        raise SandboxStartError(f"the agent speaks protocol {ready.get('protocol')!r}, the controller "
+                                f"{protocol.PROTOCOL_VERSION}: rebuild the kernel image (rlm sandbox build-image)")
+    theirs = ready.get("versions", {}).get("guest")
+    ours = protocol.guest_version()
+    if theirs != ours:
+        raise SandboxStartError(f"the agent in the box is version {theirs!r} but this controller's is {ours!r}: "
+                                "the kernel image is stale; rebuild it with `rlm sandbox build-image`")
+
+
+async def _abort_start(backend: Backend, channel: Channel | None) -> str | None:
+    """Tear down a box that failed to start; return what the provider says went wrong."""
+
+    async def teardown() -> str | None:
+        reason = None
+        with contextlib.suppress(Exception):
+            reason = await asyncio.wait_for(backend.diagnose(), 5.0)
+        if channel is not None:
+            with contextlib.suppress(Exception):
+                await channel.close()
+        await backend.destroy()
+        cleanup.unregister(backend)
+        return reason
+
+    return await asyncio.shield(asyncio.ensure_future(teardown()))
+
+
+def _chunks(data: bytes | bytearray | memoryview | os.PathLike[str]):  # type: ignore[no-untyped-def]
+    """Yield (offset, chunk, last) pieces of at most FILE_CHUNK_BYTES; an empty file is one piece."""
+    size = protocol.FILE_CHUNK_BYTES
+    if isinstance(data, os.PathLike):
+        with open(Path(data), "rb") as handle:
+            offset = 0
+            chunk = handle.read(size)
+            while True:
+                following = handle.read(size)
+                yield offset, chunk, not following
+                if not following:
+                    return
+                offset += len(chunk)
+                chunk = following
+    view = memoryview(data).cast("B")
+    if len(view) == 0:
+        yield 0, b"", True
+        return
+    for offset in range(0, len(view), size):
+        yield offset, view[offset : offset + size], offset + size >= len(view)
