@@ -128,23 +128,24 @@ class _CappedStream:
     def write(self, text: str) -> int:
         if not isinstance(text, str):
             return self.original_write(text)
+        size = len(text)
         with self.lock:
-            room = self.limit - self.written
-            if room > 0:
-                head = text[:room]
-                self.written += len(head)
-                rest = text[room:]
-            else:
-                head, rest = "", text
-            if rest:
-                self.tail.append(rest)
-                self.tail_chars += len(rest)
+            room = max(0, self.limit - self.written)
+            head = text[:room] if room else ""
+            self.written += len(head)
+            if size > room:
+                # Slice only the last `limit` characters: a 1 GB write is never copied whole.
+                keep_from = max(room, size - self.limit)
+                self.dropped += keep_from - room
+                piece = text[keep_from:]
+                self.tail.append(piece)
+                self.tail_chars += len(piece)
                 while self.tail_chars - len(self.tail[0]) >= self.limit:
                     self.dropped += len(self.tail[0])
                     self.tail_chars -= len(self.tail.popleft())
         if head:
             self.original_write(head)
-        return len(text)
+        return size
 
     def finish(self) -> None:
         with self.lock:

@@ -1,0 +1,341 @@
+"""The Docker backend: the agent as the process of a hardened container (runc, or gVisor's runsc).
+
+The box reaches the controller through one Unix socket in a folder of its own on the host, bind-mounted
+read-only at ``/run/sandbox``: the only host path the container sees. The controller listens there and
+the agent connects, so start-up waits on the agent's connection, never on polling.
+
+Every hardening default is on unless the spec loosens it: no network (``network="bridge"`` is the only
+way to get one), read-only root filesystem, the working folder and /tmp on size-capped tmpfs (which
+counts against the memory limit, so a full disk cannot hurt the host), a non-root user, all
+capabilities dropped, no-new-privileges, limits on processes, memory (memory+swap equal, so no swap),
+CPU, open files and file size, a capped log, and an init process. Nothing of the host's environment
+enters the box: only ``spec.env``.
+
+Blocking docker-py calls run in a thread pool of this module, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from sandboxes.backends.base import Backend, ByteStream, agent_argv
+from sandboxes.box_tags import box_tags
+from sandboxes.docker_engine import RUN_ID_LABEL, engine_client, engine_runtimes, require_runtime
+from sandboxes.errors import SandboxStartError, SandboxUnavailable
+from sandboxes.images import DEFAULT_IMAGE, check_image
+from sandboxes.spec import SandboxSpec
+from sandboxes.transport import UnixListener
+
+log = structlog.get_logger("sandboxes.docker")
+
+# Paths inside the box, as laid out by images/Dockerfile.
+BOX_USER = "10001:10001"
+BOX_PYTHON = "/opt/kernel/bin/python"
+BOX_WORKDIR = "/home/sandbox"
+BOX_CHANNEL_DIR = "/run/sandbox"
+SOCKET_NAME = "agent.sock"
+CONTAINER_PREFIX = "rlm-box-"
+# /tmp and /dev/shm are small: the working folder is where data belongs.
+TMP_MAX_MB = 64
+# The agent's own stderr lands in the engine's log; kernel code can write there too, so it is capped.
+LOG_MAX = "1m"
+# Host folder under which each box gets its channel folder; short, because socket paths are limited.
+RUN_DIR_ENV = "RLM_SANDBOX_RUN_DIR"
+# How often start-up looks whether the container died before its agent connected.
+START_POLL_S = (0.25, 0.5, 1.0, 2.0)
+REMOVE_TIMEOUT_S = 30.0
+
+# docker-py is blocking; its calls run here, so fifty boxes starting at once never starve the
+# event loop's default executor (which guest-call handlers also use).
+_threads = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="sandbox-docker")
+_checked_images: dict[str, str] = {}
+_runtimes: dict[str, Any] | None = None
+
+
+async def _in_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_threads, lambda: fn(*args, **kwargs))
+
+
+def _preflight(spec: SandboxSpec, image: str) -> Any:
+    """Engine, runtime and image checks, each with an error that says what to do; cached per process."""
+    global _runtimes
+    client = engine_client()
+    if spec.runtime not in (None, "runc"):
+        if _runtimes is None or spec.runtime not in _runtimes:
+            _runtimes = engine_runtimes(client)
+            if spec.runtime not in _runtimes:
+                require_runtime(client, spec.runtime)
+    if image not in _checked_images:
+        check_image(client, image)
+        _checked_images[image] = image
+    return client
+
+
+def container_config(spec: SandboxSpec, box_id: str, channel_dir: str) -> dict[str, Any]:
+    """The arguments of ``create_container`` (with ``host_config`` as plain keyword arguments).
+
+    Kept apart from the API calls so the hardening can be read, and checked by tests, in one place.
+    """
+    from docker.types import LogConfig, Mount, Ulimit
+
+    mb = 1024 * 1024
+    tmp_mb = min(TMP_MAX_MB, spec.disk_mb)
+    labels = box_tags(spec, box_id)
+    run_id = spec.labels.get("run_id") or spec.labels.get("run-id")
+    if run_id:
+        labels[RUN_ID_LABEL] = str(run_id)
+    environment = dict(spec.env)
+    environment.setdefault("HOME", BOX_WORKDIR)
+    environment.setdefault("TMPDIR", "/tmp")
+    environment.setdefault("LANG", "C.UTF-8")
+    return {
+        "image": spec.image or DEFAULT_IMAGE,
+        "command": agent_argv(BOX_PYTHON, spec, BOX_WORKDIR, f"{BOX_CHANNEL_DIR}/{SOCKET_NAME}"),
+        "name": CONTAINER_PREFIX + box_id,
+        "hostname": "sandbox",
+        "user": BOX_USER,
+        "working_dir": BOX_WORKDIR,
+        "environment": environment,
+        "labels": labels,
+        "runtime": spec.runtime,
+        "host_config": {
+            "network_mode": "none" if spec.network == "none" else "bridge",
+            "read_only": True,
+            "tmpfs": {
+                BOX_WORKDIR: f"rw,nosuid,nodev,size={spec.disk_mb}m,uid=10001,gid=10001,mode=0700",
+                "/tmp": f"rw,nosuid,nodev,noexec,size={tmp_mb}m,mode=1777",
+            },
+            "shm_size": tmp_mb * mb,
+            "mounts": [Mount(target=BOX_CHANNEL_DIR, source=channel_dir, type="bind", read_only=True)],
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges"],
+            "pids_limit": spec.pids,
+            "mem_limit": spec.memory_mb * mb,
+            "memswap_limit": spec.memory_mb * mb,
+            "nano_cpus": int(spec.cpus * 1e9),
+            "ulimits": [
+                Ulimit(name="nofile", soft=spec.nofile, hard=spec.nofile),
+                Ulimit(name="fsize", soft=spec.disk_mb * mb, hard=spec.disk_mb * mb),
+                Ulimit(name="core", soft=0, hard=0),
+            ],
+            "init": True,
+            "ipc_mode": "private",
+            "log_config": LogConfig(type="json-file", config={"max-size": LOG_MAX, "max-file": "1"}),
+            "runtime": spec.runtime,
+        },
+    }
+
+
+def _channel_parent() -> str:
+    return os.environ.get(RUN_DIR_ENV) or tempfile.gettempdir()
+
+
+class DockerSandbox(Backend):
+    """One container per box. Not reusable: start once, destroy once."""
+
+    name = "docker"
+
+    def __init__(self, spec: SandboxSpec, box_id: str) -> None:
+        super().__init__(spec, box_id)
+        self.container_name = CONTAINER_PREFIX + box_id
+        self.container_id: str | None = None
+        self.dir: Path | None = None
+        self.listener: UnixListener | None = None
+        self.destroyed = False
+        self._create: concurrent.futures.Future[Any] | None = None
+        self._client: Any = None
+        self._started_at = 0.0
+
+    # --- start --------------------------------------------------------------------------------
+
+    async def start(self) -> ByteStream:
+        image = self.spec.image or DEFAULT_IMAGE
+        self._client = await _in_thread(_preflight, self.spec, image)
+        self.dir = Path(tempfile.mkdtemp(prefix="rlm-box-", dir=_channel_parent()))
+        # The box's user is not the controller's: it may pass through the folder, never list it.
+        os.chmod(self.dir, 0o711)
+        self.listener = await UnixListener.open(self.dir / SOCKET_NAME, mode=0o666)
+        config = container_config(self.spec, self.box_id, str(self.dir))
+        self._started_at = time.monotonic()
+        self._create = _threads.submit(self._create_and_start, config)
+        try:
+            self.container_id = await asyncio.wrap_future(self._create)
+        except SandboxUnavailable:
+            raise
+        except Exception as exc:
+            raise self._start_error(exc) from None
+        return await self._await_agent()
+
+    def _create_and_start(self, config: dict[str, Any]) -> str:
+        api = self._client.api
+        host_config = api.create_host_config(**config.pop("host_config"))
+        container = api.create_container(host_config=host_config, use_config_proxy=False, **config)
+        api.start(container["Id"])
+        return container["Id"]
+
+    def _start_error(self, exc: Exception) -> Exception:
+        import docker.errors
+
+        image = self.spec.image or DEFAULT_IMAGE
+        text = str(exc)
+        if isinstance(exc, docker.errors.ImageNotFound) or "No such image" in text:
+            _checked_images.pop(image, None)
+            return SandboxUnavailable(f"the kernel image {image!r} is missing: build it with `rlm sandbox build-image`")
+        if "unknown or invalid runtime" in text or "runtime" in text and "not" in text and self.spec.runtime:
+            return SandboxUnavailable(f"the Docker engine cannot run {self.spec.runtime!r}: {text[:300]}. "
+                                      "`rlm sandbox doctor` says how to register gVisor.")
+        if isinstance(exc, docker.errors.APIError):
+            return SandboxStartError(f"Docker refused to start the box: {text[:500]}")
+        if isinstance(exc, (ConnectionError, OSError)) or "Connection" in type(exc).__name__:
+            return SandboxUnavailable(f"the Docker engine stopped answering ({text[:200]}); "
+                                      "`rlm sandbox doctor` checks it")
+        return SandboxStartError(f"could not start the box: {exc.__class__.__name__}: {text[:500]}")
+
+    async def _await_agent(self) -> ByteStream:
+        """The agent's connection; fails early, with the reason, if the container dies first."""
+        assert self.listener is not None
+        deadline = time.monotonic() + self.spec.startup_timeout_s
+        accept = asyncio.ensure_future(self.listener.accept(self.spec.startup_timeout_s))
+        try:
+            for pause in (*START_POLL_S, *([START_POLL_S[-1]] * 10_000)):
+                done, _ = await asyncio.wait({accept}, timeout=min(pause, max(0.0, deadline - time.monotonic())))
+                if done:
+                    return accept.result()
+                if time.monotonic() >= deadline:
+                    raise TimeoutError
+                state = await _in_thread(self._state)
+                if state is not None and not state.get("Running", False):
+                    why = await self.diagnose() or f"the container stopped ({state.get('Status')})"
+                    raise SandboxStartError(f"the box's agent exited before connecting: {why}")
+            raise TimeoutError
+        finally:
+            if not accept.done():
+                accept.cancel()
+
+    # --- state and diagnosis ------------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any] | None:
+        """The container's State, or None when it is gone."""
+        import docker.errors
+
+        try:
+            return self._client.api.inspect_container(self.container_name)["State"]
+        except docker.errors.NotFound:
+            return None
+
+    def _last_words(self) -> str:
+        try:
+            text = self._client.api.logs(self.container_name, stdout=True, stderr=True, tail=20)
+        except Exception:
+            return ""
+        return text[-2000:].decode("utf-8", "replace").strip()
+
+    def _pids_at_limit(self) -> bool:
+        try:
+            stats = self._client.api.stats(self.container_name, stream=False, one_shot=True)
+            pids = stats.get("pids_stats") or {}
+            return bool(pids.get("current")) and pids.get("current", 0) >= self.spec.pids
+        except Exception:
+            return False
+
+    async def diagnose(self) -> str | None:
+        if self._client is None or self.container_id is None:
+            return None
+        try:
+            return await _in_thread(self._diagnose)
+        except Exception as exc:
+            return f"the container could not be inspected ({exc.__class__.__name__})"
+
+    def _diagnose(self) -> str | None:
+        state = self._state()
+        if state is None:
+            return "the container is gone (removed outside this controller)"
+        if state.get("OOMKilled"):
+            return (f"the box ran out of memory (limit {self.spec.memory_mb} MB) and was OOM-killed")
+        age = time.monotonic() - self._started_at
+        if state.get("Running"):
+            if self._pids_at_limit():
+                return f"the box hit its process limit ({self.spec.pids} processes)"
+            return None
+        code = state.get("ExitCode")
+        if isinstance(code, int) and code > 128:
+            what = f"was killed by signal {code - 128}"
+        else:
+            what = f"exited with code {code}"
+        words = self._last_words()
+        if age >= self.spec.lifetime_s:
+            what += f" after its lifetime of {self.spec.lifetime_s:g} s"
+        return f"the box's agent {what}" + (f"; its last words: {words}" if words else "")
+
+    # --- destroy ------------------------------------------------------------------------------
+
+    async def destroy(self) -> None:
+        if self.destroyed:
+            return
+        self.destroyed = True
+        if self._create is not None and not self._create.done():
+            # A create still in flight would otherwise bring the container up after we removed it.
+            try:
+                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self._create)), REMOVE_TIMEOUT_S)
+            except BaseException:
+                pass
+        if self._create is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(asyncio.ensure_future(_in_thread(self._remove))),
+                                       REMOVE_TIMEOUT_S)
+            except BaseException as exc:
+                log.warning("docker_remove_failed", box_id=self.box_id, error=repr(exc)[:200])
+        await self._drop_channel()
+
+    def _remove(self) -> None:
+        import docker.errors
+
+        try:
+            self._client.api.remove_container(self.container_name, force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if "already in progress" not in str(exc):
+                raise
+
+    async def _drop_channel(self) -> None:
+        if self.listener is not None:
+            await self.listener.close()
+            self.listener = None
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+
+    def emergency_destroy(self) -> None:
+        """At interpreter exit or SIGTERM: remove the container synchronously, best effort."""
+        if self.destroyed:
+            return
+        self.destroyed = True
+        try:
+            if self._create is not None:
+                try:
+                    self._create.result(timeout=REMOVE_TIMEOUT_S)
+                except Exception:
+                    pass
+                self._remove()
+        except Exception:
+            pass
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "box_id": self.box_id, "container": self.container_name,
+                "runtime": self.spec.runtime or "default", "image": self.spec.image or DEFAULT_IMAGE}
+
+
+BACKEND = DockerSandbox

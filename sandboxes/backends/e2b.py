@@ -1,0 +1,241 @@
+"""The E2B backend: the guest agent as a background command in an E2B sandbox, spoken to over that
+command's stdin (``send_stdin``) and stdout (``on_stdout``).
+
+The box is created with ``allow_internet_access=False`` and with sandbox URLs closed to the public,
+and a hard lifetime (``timeout``) after which E2B kills it whatever the controller does. Nothing
+listens on a port for us: the channel is the command's stdin and stdout, carried by E2B's API.
+
+Which kernel: ours, not E2B's. E2B's code-interpreter template runs its own Jupyter server, reached
+over HTTP on a port of the box. We run the same guest agent and ipykernel as every other backend
+instead, because (1) the guest calls (``llm_query``) need a channel from running kernel code back to
+the controller while a cell runs, which E2B's execution API does not offer and the box's blocked
+network must not provide; (2) timeouts, the interrupt-then-restart escalation, output caps and
+statuses then behave exactly as on Docker and Modal, tested once; (3) it needs no port reached from
+outside. The default template is still E2B's code-interpreter one, only because it ships Python
+with ipykernel and jupyter_client; any template with those works (``options={"template": ...}``).
+
+The guest package is written into the box as files (only ``sandboxes/guest`` beside an empty
+``sandboxes/__init__.py``) before the agent starts.
+
+Not enforced per box on E2B: ``memory_mb`` and ``cpus`` (fixed by the template at build time:
+``e2b template build --memory-mb/--cpu-count``), ``pids``, ``disk_mb``, ``nofile``. The agent runs
+as E2B's unprivileged default user.
+
+Spec options: ``template`` (default "code-interpreter-v1"; ``spec.image`` is used when set),
+``python`` (default "python3"), ``stdin_chunk_bytes`` (default 1 MiB per ``send_stdin``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import shlex
+from typing import Any
+
+import structlog
+
+from sandboxes.backends.base import Backend, ByteStream, agent_argv
+from sandboxes.box_tags import box_tags
+from sandboxes.errors import SandboxUnavailable
+from sandboxes.guest_bundle import guest_files
+from sandboxes.sdk_surface import SdkCall, check_sdk
+from sandboxes.spec import SandboxSpec
+from sandboxes.textstream import DEFAULT_MAX_WRITE, OutputTail, TextStream
+
+log = structlog.get_logger("sandboxes.e2b")
+
+INSTALL_HINT = "pip install 'rlm-sandboxes[e2b]'"
+CREDENTIALS_HINT = "set E2B_API_KEY (from the E2B dashboard) in the controller's environment"
+DEFAULT_TEMPLATE = "code-interpreter-v1"
+MAX_LIFETIME_S = 24 * 3600
+BOX_ROOT = "/tmp/rlm-box-{box_id}"
+STDERR_TAIL = 16 * 1024
+SDK_TIMEOUT_S = 30.0
+MISSING_PACKAGES_HINT = (
+    "the E2B template lacks the guest's Python packages (ipykernel, jupyter_client): use the default "
+    f"template {DEFAULT_TEMPLATE!r} or build one that installs images/requirements.txt")
+
+_HANDLE = "sandbox_async.commands.command_handle.AsyncCommandHandle"
+# Every SDK name this module touches, with every keyword it passes. tests/cloud holds this table
+# against the installed SDK and against the fake; ``_sdk`` checks it before the first box.
+SDK_SURFACE: tuple[SdkCall, ...] = (
+    SdkCall("AsyncSandbox.create", "async", ("template", "timeout", "metadata", "allow_internet_access",
+                                             "network")),
+    SdkCall("AsyncSandbox.sandbox_id", "property"),
+    SdkCall("AsyncSandbox.files", "property"),
+    SdkCall("AsyncSandbox.commands", "property"),
+    SdkCall("AsyncSandbox.is_running", "async"),
+    SdkCall("AsyncSandbox.kill", "async"),
+    # Last-resort cleanup at interpreter exit, where no event loop runs: the synchronous client.
+    SdkCall("Sandbox.kill", "sync"),
+    SdkCall("sandbox_async.filesystem.filesystem.Filesystem.write_files", "async", ("files",)),
+    SdkCall("sandbox_async.commands.command.Commands.run", "async", (
+        "cmd", "background", "envs", "cwd", "on_stdout", "on_stderr", "stdin", "timeout", "retain_output")),
+    SdkCall("sandbox_async.commands.command.Commands.send_stdin", "async", ("pid", "data")),
+    SdkCall(f"{_HANDLE}.pid", "property"),
+    SdkCall(f"{_HANDLE}.exit_code", "property"),
+    SdkCall(f"{_HANDLE}.error", "property"),
+    SdkCall(f"{_HANDLE}.wait", "async"),
+    SdkCall(f"{_HANDLE}.kill", "async"),
+)
+
+_checked: dict[int, list[str]] = {}
+
+
+def _sdk() -> Any:
+    """The e2b module, after checking it offers everything this backend calls."""
+    try:
+        import e2b
+    except ImportError:
+        raise SandboxUnavailable(f"the E2B backend needs the e2b SDK: {INSTALL_HINT}") from None
+    key = id(e2b)
+    if key not in _checked:
+        _checked[key] = check_sdk(e2b, SDK_SURFACE)
+    if _checked[key]:
+        raise SandboxUnavailable(
+            "the installed e2b SDK does not offer what this backend calls: " + "; ".join(_checked[key][:5])
+            + ". Install a supported version: pip install -U 'rlm-sandboxes[e2b]'")
+    return e2b
+
+
+def _short(exc: BaseException) -> str:
+    text = f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
+    return text if len(text) <= 300 else text[:300] + "..."
+
+
+class E2BSandbox(Backend):
+    name = "e2b"
+
+    def __init__(self, spec: SandboxSpec, box_id: str) -> None:
+        super().__init__(spec, box_id)
+        self.sandbox: Any = None
+        self.sandbox_id: str | None = None
+        self.handle: Any = None
+        self.stream: TextStream | None = None
+        self.stderr_tail = OutputTail(STDERR_TAIL)
+        self.waiter: asyncio.Task[None] | None = None
+        self.end_error: str | None = None
+        self.destroyed = False
+        self.root = BOX_ROOT.format(box_id=box_id)
+
+    @property
+    def template(self) -> str:
+        return str(self.spec.options.get("template") or self.spec.image or DEFAULT_TEMPLATE)
+
+    async def start(self) -> ByteStream:
+        e2b = _sdk()
+        spec = self.spec
+        try:
+            self.sandbox = await e2b.AsyncSandbox.create(
+                template=self.template,
+                # The controller expires the box at lifetime_s after it is ready; E2B's own limit, counted
+                # from creation, is the backstop for a controller that died.
+                timeout=min(MAX_LIFETIME_S, math.ceil(spec.lifetime_s + spec.startup_timeout_s)),
+                metadata=box_tags(spec, self.box_id),
+                allow_internet_access=spec.network != "none",
+                network={"allow_public_traffic": False},
+            )
+        except Exception as exc:
+            raise SandboxUnavailable(
+                f"E2B refused to create a sandbox from template {self.template!r} ({_short(exc)}): "
+                f"{CREDENTIALS_HINT}, and check that the template exists for your team") from None
+        self.sandbox_id = self.sandbox.sandbox_id
+        log.debug("e2b_sandbox_created", box_id=self.box_id, sandbox_id=self.sandbox_id)
+        guest = f"{self.root}/guest"
+        await asyncio.wait_for(self.sandbox.files.write_files(
+            files=[{"path": f"{guest}/{rel}", "data": data} for rel, data in guest_files().items()]),
+            SDK_TIMEOUT_S)
+        argv = agent_argv(str(spec.options.get("python", "python3")), spec, f"{self.root}/work", None)
+        env = {"PYTHONPATH": guest, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", **spec.env}
+        stream = TextStream(self._send, max_write=int(spec.options.get("stdin_chunk_bytes", DEFAULT_MAX_WRITE)))
+        self.stream = stream
+        # E2B runs the command as `bash -l -c CMD`; exec makes the agent that shell's own process.
+        self.handle = await self.sandbox.commands.run(
+            cmd="exec " + shlex.join(argv),
+            background=True,
+            envs=env,
+            cwd=self.root,
+            on_stdout=stream.feed,
+            on_stderr=self.stderr_tail.add,
+            stdin=True,
+            timeout=0,  # the command's stream lives as long as the box, not E2B's 60 s default
+            retain_output=False,  # the SDK would otherwise keep every byte the agent ever wrote
+        )
+        self.waiter = asyncio.create_task(self._wait_for_exit(stream), name=f"e2b-agent-{self.box_id}")
+        return stream
+
+    async def _send(self, piece: bytes) -> None:
+        try:
+            await self.sandbox.commands.send_stdin(pid=self.handle.pid, data=piece)
+        except Exception as exc:
+            # The channel treats connection errors as a lost box; anything else would escape to the user.
+            raise ConnectionResetError(f"writing to the agent's stdin in E2B failed: {_short(exc)}") from None
+
+    async def _wait_for_exit(self, stream: TextStream) -> None:
+        try:
+            await self.handle.wait()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a non-zero exit, or the command stream broke
+            self.end_error = _short(exc)
+        finally:
+            await stream.feed_eof()
+
+    async def diagnose(self) -> str | None:
+        if self.sandbox is None:
+            return None
+        parts: list[str] = []
+        code = self.handle.exit_code if self.handle is not None else None
+        if code is not None:
+            parts.append(f"the agent process exited with code {code}"
+                         + (f" ({self.handle.error})" if self.handle.error else ""))
+        try:
+            running = await asyncio.wait_for(self.sandbox.is_running(), 10.0)
+        except Exception:
+            running = None
+        if running is False:
+            parts.append(f"the E2B sandbox {self.sandbox_id} is no longer running (its lifetime ran out or it "
+                         "was killed)")
+        if self.end_error and code is None:
+            parts.append(f"the command stream ended: {self.end_error}")
+        tail = self.stderr_tail.last_lines(10)
+        if tail:
+            parts.append(f"the agent's last words: {tail}")
+            if "No module named" in tail:
+                parts.append(MISSING_PACKAGES_HINT)
+        return "; ".join(parts) or None
+
+    async def destroy(self) -> None:
+        if self.destroyed:
+            return
+        self.destroyed = True
+        if self.stream is not None:
+            with contextlib.suppress(Exception):
+                await self.stream.close()
+        if self.handle is not None and self.handle.exit_code is None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(self.handle.kill(), 10.0)
+        if self.sandbox is not None:
+            try:
+                await asyncio.wait_for(self.sandbox.kill(), SDK_TIMEOUT_S)
+            except (Exception, asyncio.CancelledError) as exc:
+                log.warning("e2b_kill_failed", box_id=self.box_id, sandbox_id=self.sandbox_id,
+                            error=_short(exc), note="E2B ends it at its timeout")
+        if self.waiter is not None:
+            self.waiter.cancel()
+            await asyncio.wait([self.waiter], timeout=5.0)
+
+    def emergency_destroy(self) -> None:
+        if self.destroyed or self.sandbox_id is None:
+            return
+        self.destroyed = True
+        with contextlib.suppress(Exception):
+            _sdk().Sandbox.kill(self.sandbox_id)
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "box_id": self.box_id, "sandbox_id": self.sandbox_id,
+                "template": self.template}
+
+
+BACKEND = E2BSandbox

@@ -1,0 +1,308 @@
+"""The Modal backend: the guest agent as the main process of a Modal Sandbox, spoken to over its
+stdin/stdout.
+
+No port is opened on the box and the box has no network (``block_network=True``): the channel is the
+agent process's stdin and stdout, which Modal's API carries. The box runs under gVisor (Modal runs
+every sandbox that way) with a hard CPU and memory limit (request = limit), a hard lifetime
+(``timeout``) and an ``idle_timeout``: the stream sends a bare newline whenever it has been quiet for
+a quarter of that, so a box goes idle, and is reaped by Modal, only when its controller is gone.
+
+The image is defined from ``images/requirements.txt`` (the same guest packages the Docker image
+installs) on Modal's Debian base with the Python version of the Docker image's base, plus the guest
+package (only ``sandboxes/guest`` beside an empty ``sandboxes/__init__.py``) added at start, so a new
+guest version never needs an image rebuild. Modal caches the built image.
+
+Not enforced per box on Modal: ``pids``, ``disk_mb``, ``nofile`` (Modal sets its own), and the agent
+runs as root inside the gVisor box (the box itself is the boundary).
+
+Spec options: ``app_name`` (default "rlm-sandboxes"), ``environment`` (a Modal environment name),
+``idle_timeout_s`` (default 300), ``region``, ``image`` (a ``modal.Image`` to use instead of ours; it
+must have ipykernel and jupyter_client), ``python_version``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from sandboxes.backends.base import Backend, ByteStream, agent_argv
+from sandboxes.box_tags import box_tags
+from sandboxes.errors import SandboxUnavailable
+from sandboxes.guest_bundle import GUEST_DIR, GUEST_SOURCE, PACKAGE_INIT
+from sandboxes.sdk_surface import SdkCall, check_sdk
+from sandboxes.spec import SandboxSpec
+from sandboxes.textstream import OutputTail, TextStream
+
+log = structlog.get_logger("sandboxes.modal")
+
+INSTALL_HINT = "pip install 'rlm-sandboxes[modal]'"
+CREDENTIALS_HINT = ("configure Modal credentials: run `modal token new` (writes ~/.modal.toml) or set "
+                    "MODAL_TOKEN_ID and MODAL_TOKEN_SECRET")
+DEFAULT_APP_NAME = "rlm-sandboxes"
+DEFAULT_IDLE_TIMEOUT_S = 300
+DEFAULT_PYTHON_VERSION = "3.12"
+MAX_LIFETIME_S = 24 * 3600
+# Where the image keeps the guest package (on PYTHONPATH), and where each box works.
+GUEST_ROOT = "/opt/rlm-guest"
+BOX_ROOT = "/tmp/rlm-box-{box_id}"
+STDERR_TAIL = 16 * 1024
+SDK_TIMEOUT_S = 30.0
+
+# Every SDK name this module touches, with every keyword it passes. tests/cloud holds this table
+# against the installed SDK and against the fake; ``_sdk`` checks it before the first box.
+SDK_SURFACE: tuple[SdkCall, ...] = (
+    SdkCall("App.lookup", "aio", ("name", "create_if_missing", "environment_name")),
+    SdkCall("Image.debian_slim", "sync", ("python_version",)),
+    SdkCall("Image.pip_install", "sync", ("*",)),
+    SdkCall("Image.run_commands", "sync", ("*",)),
+    SdkCall("Image.env", "sync", ("vars",)),
+    SdkCall("Image.add_local_dir", "sync", ("local_path", "remote_path", "copy", "ignore")),
+    SdkCall("Sandbox.create", "aio", ("*", "app", "image", "tags", "env", "timeout", "idle_timeout", "cpu",
+                                      "memory", "block_network", "runtime", "region")),
+    SdkCall("Sandbox.object_id", "property"),
+    SdkCall("Sandbox.stdin", "property"),
+    SdkCall("Sandbox.stdout", "property"),
+    SdkCall("Sandbox.stderr", "property"),
+    SdkCall("Sandbox.returncode", "property"),
+    SdkCall("Sandbox.poll", "aio"),
+    SdkCall("Sandbox.terminate", "aio"),
+    SdkCall("io_streams.StreamWriter.write", "sync", ("data",)),
+    SdkCall("io_streams.StreamWriter.drain", "aio"),
+    SdkCall("io_streams.StreamReader.__aiter__", "sync"),
+)
+
+_checked: dict[int, list[str]] = {}
+_apps: dict[tuple[int, str, str | None], Any] = {}
+_images: dict[tuple[Any, ...], Any] = {}
+
+
+def _sdk() -> Any:
+    """The modal module, after checking it offers everything this backend calls."""
+    try:
+        import modal
+    except ImportError:
+        raise SandboxUnavailable(f"the Modal backend needs the modal SDK: {INSTALL_HINT}") from None
+    key = id(modal)
+    if key not in _checked:
+        _checked[key] = check_sdk(modal, SDK_SURFACE)
+    if _checked[key]:
+        version = getattr(modal, "__version__", "?")
+        raise SandboxUnavailable(
+            f"the installed modal SDK ({version}) does not offer what this backend calls: "
+            + "; ".join(_checked[key][:5]) + ". Install a supported version: pip install -U 'rlm-sandboxes[modal]'")
+    return modal
+
+
+def _short(exc: BaseException) -> str:
+    text = f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
+    return text if len(text) <= 300 else text[:300] + "..."
+
+
+def _requirements() -> list[str]:
+    """The guest's packages, from images/requirements.txt (shared with the Docker image)."""
+    from sandboxes.images import source_root
+
+    path = source_root() / "images" / "requirements.txt"
+    try:
+        text = path.read_text()
+    except OSError:
+        raise SandboxUnavailable(
+            f"{path} not found: the Modal image is defined from the project's images/ folder; install the "
+            "package from a checkout (`pip install -e .`), or pass a ready modal.Image as "
+            "SandboxSpec(options={'image': ...})") from None
+    return [line.split("#", 1)[0].strip() for line in text.splitlines() if line.split("#", 1)[0].strip()]
+
+
+def _python_version(spec: SandboxSpec) -> str:
+    """The Docker image's Python (from its BASE_IMAGE), so both backends run the same environment."""
+    if spec.options.get("python_version"):
+        return str(spec.options["python_version"])
+    try:
+        from sandboxes.images import default_base_image
+
+        match = re.search(r"python:(\d+\.\d+)", default_base_image())
+    except Exception:
+        match = None
+    return match.group(1) if match else DEFAULT_PYTHON_VERSION
+
+
+def kernel_image(modal: Any, spec: SandboxSpec) -> Any:
+    """The Modal image: the guest's packages, then the guest package itself, added at start."""
+    base = spec.options.get("image")
+    requirements = tuple(_requirements()) if base is None else ()
+    key = (id(modal), id(base), _python_version(spec), requirements, str(GUEST_SOURCE))
+    if key in _images:
+        return _images[key]
+    if base is None:
+        base = modal.Image.debian_slim(python_version=_python_version(spec)).pip_install(*requirements)
+    package = f"{GUEST_ROOT}/{PACKAGE_INIT}"
+    image = (
+        base.run_commands(f"mkdir -p {GUEST_ROOT}/sandboxes && : > {package}")
+        .env(vars={"PYTHONPATH": GUEST_ROOT, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"})
+        .add_local_dir(local_path=GUEST_SOURCE, remote_path=f"{GUEST_ROOT}/{GUEST_DIR}", copy=False,
+                       ignore=["**/__pycache__", "**/*.pyc"])
+    )
+    _images[key] = image
+    return image
+
+
+async def _app(modal: Any, name: str, environment: str | None) -> Any:
+    key = (id(modal), name, environment)
+    if key not in _apps:
+        _apps[key] = await asyncio.wait_for(
+            modal.App.lookup.aio(name=name, create_if_missing=True, environment_name=environment), SDK_TIMEOUT_S)
+    return _apps[key]
+
+
+class ModalSandbox(Backend):
+    name = "modal"
+
+    def __init__(self, spec: SandboxSpec, box_id: str) -> None:
+        super().__init__(spec, box_id)
+        self.sandbox: Any = None
+        self.sandbox_id: str | None = None
+        self.stream: TextStream | None = None
+        self.stderr_tail = OutputTail(STDERR_TAIL)
+        self.pumps: list[asyncio.Task[None]] = []
+        self.stdout_error: str | None = None
+        self.destroyed = False
+        self.idle_timeout_s = int(spec.options.get("idle_timeout_s", DEFAULT_IDLE_TIMEOUT_S))
+
+    def _create_kwargs(self, modal: Any, app: Any) -> dict[str, Any]:
+        spec = self.spec
+        if spec.runtime == "runc":
+            raise SandboxUnavailable("Modal runs every sandbox under gVisor; runtime='runc' is not available "
+                                     "there: use runtime=None or 'runsc'")
+        kwargs: dict[str, Any] = {
+            "app": app,
+            "image": kernel_image(modal, spec),
+            "tags": box_tags(spec, self.box_id),
+            "env": dict(spec.env),
+            # The controller expires the box at lifetime_s after it is ready; Modal's own limit, counted
+            # from creation, is the backstop for a controller that died.
+            "timeout": min(MAX_LIFETIME_S, math.ceil(spec.lifetime_s + spec.startup_timeout_s)),
+            "idle_timeout": self.idle_timeout_s,
+            "cpu": (spec.cpus, spec.cpus),
+            "memory": (spec.memory_mb, spec.memory_mb),
+            "block_network": spec.network == "none",
+        }
+        if spec.runtime == "runsc":
+            kwargs["runtime"] = "gvisor"
+        if spec.options.get("region"):
+            kwargs["region"] = spec.options["region"]
+        return kwargs
+
+    @property
+    def workdir(self) -> str:
+        return BOX_ROOT.format(box_id=self.box_id) + "/work"
+
+    async def start(self) -> ByteStream:
+        modal = _sdk()
+        app_name = str(self.spec.options.get("app_name", DEFAULT_APP_NAME))
+        environment = self.spec.options.get("environment")
+        try:
+            app = await _app(modal, app_name, environment)
+        except Exception as exc:
+            raise SandboxUnavailable(
+                f"could not reach the Modal app {app_name!r} ({_short(exc)}): {CREDENTIALS_HINT}; "
+                "`modal token info` shows which workspace the credentials belong to") from None
+        argv = agent_argv("python", self.spec, self.workdir, None)
+        try:
+            self.sandbox = await modal.Sandbox.create.aio(*argv, **self._create_kwargs(modal, app))
+        except SandboxUnavailable:
+            raise
+        except Exception as exc:
+            raise SandboxUnavailable(f"Modal refused to create the sandbox ({_short(exc)}); check the "
+                                     f"credentials ({CREDENTIALS_HINT}) and the workspace's limits") from None
+        self.sandbox_id = self.sandbox.object_id
+        log.debug("modal_sandbox_created", box_id=self.box_id, sandbox_id=self.sandbox_id)
+        keepalive = max(1.0, self.idle_timeout_s / 4)
+        self.stream = TextStream(self._send, keepalive=keepalive)
+        self.pumps = [asyncio.create_task(self._pump_stdout(self.stream), name=f"modal-stdout-{self.box_id}"),
+                      asyncio.create_task(self._pump_stderr(), name=f"modal-stderr-{self.box_id}")]
+        return self.stream
+
+    async def _send(self, piece: bytes) -> None:
+        try:
+            self.sandbox.stdin.write(data=piece)
+            await self.sandbox.stdin.drain.aio()
+        except Exception as exc:
+            # The channel treats connection errors as a lost box; anything else would escape to the user.
+            raise ConnectionResetError(f"writing to the Modal sandbox's stdin failed: {_short(exc)}") from None
+
+    async def _pump_stdout(self, stream: TextStream) -> None:
+        try:
+            async for chunk in self.sandbox.stdout:
+                await stream.feed(chunk)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.stdout_error = _short(exc)
+        finally:
+            await stream.feed_eof()
+
+    async def _pump_stderr(self) -> None:
+        with contextlib.suppress(Exception):
+            async for chunk in self.sandbox.stderr:
+                self.stderr_tail.add(chunk)
+
+    async def diagnose(self) -> str | None:
+        if self.sandbox is None:
+            return None
+        parts: list[str] = []
+        try:
+            code = await asyncio.wait_for(self.sandbox.poll.aio(), 10.0)
+        except Exception as exc:
+            code = None
+            parts.append(f"Modal could not say how the sandbox {self.sandbox_id} ended ({_short(exc)})")
+        if code is not None:
+            what = f"the Modal sandbox {self.sandbox_id} ended with exit code {code}"
+            if code in (137, -9):
+                what += (f" (killed: over its {self.spec.memory_mb} MB memory limit, past its lifetime, "
+                         "or terminated from outside)")
+            parts.append(what)
+        elif not parts:
+            parts.append(f"the Modal sandbox {self.sandbox_id} still runs but its agent's output ended")
+        if self.stdout_error:
+            parts.append(f"reading its stdout failed: {self.stdout_error}")
+        tail = self.stderr_tail.last_lines(10)
+        if tail:
+            parts.append(f"the agent's last words: {tail}")
+        return "; ".join(parts)
+
+    async def destroy(self) -> None:
+        if self.destroyed:
+            return
+        self.destroyed = True
+        if self.stream is not None:
+            with contextlib.suppress(Exception):
+                await self.stream.close()
+        if self.sandbox is not None:
+            try:
+                await asyncio.wait_for(self.sandbox.terminate.aio(), SDK_TIMEOUT_S)
+            except (Exception, asyncio.CancelledError) as exc:
+                log.warning("modal_terminate_failed", box_id=self.box_id, sandbox_id=self.sandbox_id,
+                            error=_short(exc), note="Modal ends it at its timeout/idle_timeout")
+        for task in self.pumps:
+            task.cancel()
+        if self.pumps:
+            await asyncio.wait(self.pumps, timeout=5.0)
+
+    def emergency_destroy(self) -> None:
+        if self.destroyed or self.sandbox is None:
+            return
+        self.destroyed = True
+        with contextlib.suppress(Exception):
+            self.sandbox.terminate()
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "box_id": self.box_id, "sandbox_id": self.sandbox_id}
+
+
+BACKEND = ModalSandbox
