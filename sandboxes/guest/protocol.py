@@ -96,11 +96,15 @@ def decode(line: bytes | str, direction: frozenset[str] | None = None) -> dict[s
     if len(line) > MAX_LINE_BYTES:
         raise ProtocolError("line exceeds the size cap")
     try:
-        message = json.loads(line)
+        message = json.loads(line, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:
         raise ProtocolError(f"not JSON: {exc.__class__.__name__}") from None
     validate(message, direction)
     return message
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def validate(message: Any, direction: frozenset[str] | None = None) -> None:
