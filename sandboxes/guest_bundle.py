@@ -7,6 +7,10 @@ Only the guest package goes in; the controller's ``sandboxes/__init__.py`` and e
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
+import threading
 from pathlib import Path
 
 GUEST_SOURCE = Path(__file__).resolve().parent / "guest"
@@ -25,3 +29,28 @@ def guest_files() -> dict[str, bytes]:
     for source in guest_sources():
         files[f"{GUEST_DIR}/{source.name}"] = source.read_bytes()
     return files
+
+
+_staged: Path | None = None
+_stage_lock = threading.Lock()
+
+
+def write_guest(root: Path) -> Path:
+    """Lay the bundle out under ``root`` (which then goes on the box's PYTHONPATH); returns ``root``."""
+    for rel, data in guest_files().items():
+        target = root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    return root
+
+
+def staged_guest() -> Path:
+    """A local folder holding the bundle, for providers that copy a folder into a box (Modal's
+    ``add_local_dir``). Made once per process and removed at exit."""
+    global _staged
+    with _stage_lock:
+        if _staged is None or not _staged.is_dir():
+            root = Path(tempfile.mkdtemp(prefix="rlm-guest-"))
+            atexit.register(shutil.rmtree, root, True)
+            _staged = write_guest(root)
+        return _staged

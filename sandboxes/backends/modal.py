@@ -34,7 +34,7 @@ import structlog
 from sandboxes.backends.base import Backend, ByteStream, agent_argv
 from sandboxes.box_tags import box_tags
 from sandboxes.errors import SandboxUnavailable
-from sandboxes.guest_bundle import GUEST_DIR, GUEST_SOURCE, PACKAGE_INIT
+from sandboxes.guest_bundle import GUEST_SOURCE, staged_guest
 from sandboxes.sdk_surface import SdkCall, check_sdk
 from sandboxes.spec import SandboxSpec
 from sandboxes.textstream import OutputTail, TextStream
@@ -60,9 +60,8 @@ SDK_SURFACE: tuple[SdkCall, ...] = (
     SdkCall("App.lookup", "aio", ("name", "create_if_missing", "environment_name")),
     SdkCall("Image.debian_slim", "sync", ("python_version",)),
     SdkCall("Image.pip_install", "sync", ("*",)),
-    SdkCall("Image.run_commands", "sync", ("*",)),
     SdkCall("Image.env", "sync", ("vars",)),
-    SdkCall("Image.add_local_dir", "sync", ("local_path", "remote_path", "copy", "ignore")),
+    SdkCall("Image.add_local_dir", "sync", ("local_path", "remote_path", "copy")),
     SdkCall("Sandbox.create", "aio", ("*", "app", "image", "tags", "env", "timeout", "idle_timeout", "cpu",
                                       "memory", "block_network", "runtime", "region")),
     SdkCall("Sandbox.object_id", "property"),
@@ -141,12 +140,10 @@ def kernel_image(modal: Any, spec: SandboxSpec) -> Any:
         return _images[key]
     if base is None:
         base = modal.Image.debian_slim(python_version=_python_version(spec)).pip_install(*requirements)
-    package = f"{GUEST_ROOT}/{PACKAGE_INIT}"
     image = (
-        base.run_commands(f"mkdir -p {GUEST_ROOT}/sandboxes && : > {package}")
-        .env(vars={"PYTHONPATH": GUEST_ROOT, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"})
-        .add_local_dir(local_path=GUEST_SOURCE, remote_path=f"{GUEST_ROOT}/{GUEST_DIR}", copy=False,
-                       ignore=["**/__pycache__", "**/*.pyc"])
+        base.env(vars={"PYTHONPATH": GUEST_ROOT, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"})
+        # Added when each box starts (copy=False), so a changed guest never rebuilds the image.
+        .add_local_dir(local_path=staged_guest(), remote_path=GUEST_ROOT, copy=False)
     )
     _images[key] = image
     return image
