@@ -42,6 +42,7 @@ class Sandbox:
         self.versions: dict[str, Any] = ready.get("versions", {})
         self.workdir: str = str(self.versions.get("workdir", ""))
         self.started_at = time.monotonic()
+        self.start_seconds = 0.0
         self._exec_lock = asyncio.Lock()
         self._closing: asyncio.Future[None] | None = None
         self._loss: tuple[str, str] | None = None  # (status, reason)
@@ -83,8 +84,7 @@ class Sandbox:
                                         f"{reason or exc}") from None
             raise
         box = cls(spec, backend, channel, ready)
-        log.debug("sandbox_started", box_id=box.box_id, backend=spec.backend,
-                  seconds=round(time.monotonic() - started, 3))
+        box.start_seconds = time.monotonic() - started
         return box
 
     def bind(self, handlers: Mapping[str, Handler]) -> None:
@@ -223,7 +223,6 @@ class Sandbox:
         finally:
             await self.backend.destroy()
             cleanup.unregister(self.backend)
-            log.debug("sandbox_closed", box_id=self.box_id)
 
     async def __aenter__(self) -> "Sandbox":
         return self
