@@ -22,10 +22,10 @@ from pathlib import Path
 
 from sandboxes.backends.base import Backend, ByteStream, agent_argv
 from sandboxes.errors import SandboxStartError
+from sandboxes.guest_bundle import write_guest
 from sandboxes.transport import UnixListener
 
 MARKER_ENV = "SANDBOX_BOX_ID"
-GUEST_SOURCE = Path(__file__).resolve().parent.parent / "guest"
 
 
 def _minimal_env(home: Path, guest_root: Path, box_id: str, extra: dict[str, str]) -> dict[str, str]:
@@ -44,17 +44,6 @@ def _minimal_env(home: Path, guest_root: Path, box_id: str, extra: dict[str, str
     return env
 
 
-def ship_guest(root: Path) -> Path:
-    """Lay out the guest package under ``root`` as a box sees it: ``sandboxes/guest/*.py`` beside an
-    empty ``sandboxes/__init__.py``, so the agent never imports controller code."""
-    package = root / "sandboxes"
-    (package / "guest").mkdir(parents=True, exist_ok=True)
-    (package / "__init__.py").write_text("")
-    for source in GUEST_SOURCE.glob("*.py"):
-        shutil.copyfile(source, package / "guest" / source.name)
-    return root
-
-
 class LocalSandbox(Backend):
     name = "local"
 
@@ -69,7 +58,7 @@ class LocalSandbox(Backend):
         self.dir = Path(tempfile.mkdtemp(prefix=f"sbx-{self.box_id[:8]}-"))
         work = self.dir / "work"
         (work / "tmp").mkdir(parents=True)
-        guest_root = ship_guest(self.dir / "guest")
+        guest_root = write_guest(self.dir / "guest")
         self.listener = await UnixListener.open(self.dir / "agent.sock", mode=0o600)
         argv = agent_argv(sys.executable, self.spec, str(work), str(self.listener.path))
         log = open(self.dir / "agent.log", "wb")
