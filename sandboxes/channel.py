@@ -197,8 +197,10 @@ class Channel:
             try:
                 if inspect.iscoroutinefunction(handler):
                     value = await handler(message.get("payload"))
-                else:
+                else:  # plain functions may block: keep them off the event loop
                     value = await asyncio.to_thread(handler, message.get("payload"))
+                    if inspect.isawaitable(value):  # e.g. a functools.partial of an async function
+                        value = await value
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
