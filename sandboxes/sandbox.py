@@ -99,6 +99,9 @@ class Sandbox:
         timeout = float(timeout if timeout is not None else self.spec.cell_timeout_s)
         if timeout <= 0:
             raise ValueError("timeout must be positive")
+        if len(code) > protocol.MAX_LINE_BYTES // 8:
+            raise ValueError(f"a cell of {len(code)} characters is too large to send; put large data in a "
+                             "file with put_file and read it in the cell")
         async with self._exec_lock:
             if self._loss is not None:
                 return await self._lost_result()
