@@ -1,0 +1,240 @@
+"""Recursive Language Models whose REPL code runs in secure sandboxes.
+
+    from rlm import RLM, Limits
+    rlm = RLM(backend="openai", backend_kwargs={"model_name": "gpt-5-mini"}, environment="docker",
+              limits=Limits(max_cost_usd=2.0))
+    result = rlm.completion(huge_text, root_prompt="Which city is mentioned most?")
+    result.response, result.status, result.usage, result.trajectory_path
+
+The context (``prompt``) never enters the root model's prompt: it is uploaded into the sandbox as a
+file and bound to ``context`` in the REPL, where the root model's code reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from rlm.budget import PRICES, PRICES_AS_OF, Budget, LimitExceeded, Limits, ModelUsage, Price, Totals
+from rlm.clients.base import ModelClient, make_client
+from rlm.trajectory import ProgressPrinter, RLMLogger, redact
+
+__all__ = ["RLM", "Limits", "RLMResult", "RLMLogger", "ModelUsage", "Price", "PRICES", "PRICES_AS_OF",
+           "LimitExceeded"]
+
+log = structlog.get_logger("rlm")
+
+STATUSES = ("final", "max_iterations", "max_depth", "max_llm_calls", "max_tokens", "max_cost_usd", "max_wall_s",
+            "cell_timeout_s", "model_timeout_s", "error")
+
+
+@dataclass
+class RLMResult:
+    """How one completion ended.
+
+    ``status`` is ``final`` (the model gave its answer), the name of the limit that ended the run
+    (``max_iterations``, ``max_depth``, ``max_llm_calls``, ``max_tokens``, ``max_cost_usd``,
+    ``max_wall_s``, ``cell_timeout_s``, ``model_timeout_s``), or ``error``. When a limit ended it,
+    ``response`` is the best partial answer (or None) and ``message`` says what happened.
+    """
+
+    response: str | None
+    status: str
+    usage: dict[str, ModelUsage]
+    execution_time: float
+    trajectory_path: str | None
+    iterations: int = 0
+    message: str | None = None
+    run_id: str = ""
+    totals: Totals = field(default_factory=Totals)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "final"
+
+    @property
+    def cost_usd(self) -> float | None:
+        """Total cost in USD; None when a model used is not in the price table."""
+        return self.totals.cost_usd
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "response": self.response,
+            "status": self.status,
+            "message": self.message,
+            "iterations": self.iterations,
+            "usage": {model: usage.to_dict() for model, usage in self.usage.items()},
+            "cost_usd": None if self.cost_usd is None else round(self.cost_usd, 6),
+            "execution_time": round(self.execution_time, 4),
+            "trajectory_path": self.trajectory_path,
+            "run_id": self.run_id,
+        }
+
+
+class RLM:
+    """A Recursive Language Model. Each ``completion`` opens its own sandbox(es) and budget."""
+
+    def __init__(
+        self,
+        backend: str = "openai",
+        backend_kwargs: dict[str, Any] | None = None,
+        environment: str = "local",
+        environment_kwargs: dict[str, Any] | None = None,
+        max_depth: int = 1,
+        max_iterations: int = 30,
+        other_backends: list[str] | None = None,
+        other_backend_kwargs: list[dict[str, Any]] | None = None,
+        custom_system_prompt: str | None = None,
+        logger: RLMLogger | None = None,
+        verbose: bool = False,
+        limits: Limits | None = None,
+    ) -> None:
+        """
+        Args:
+            backend: "openai" (any OpenAI-compatible server with ``base_url``) or "anthropic".
+            backend_kwargs: ``model_name``, ``api_key`` (default: OPENAI_API_KEY / ANTHROPIC_API_KEY),
+                ``base_url``; other keys are sent with each request (e.g. ``temperature``).
+            environment: the sandbox backend for REPL code: "local", "docker", "modal" or "e2b".
+            environment_kwargs: SandboxSpec settings (memory_mb, cpus, runtime="runsc", image, ...).
+            max_depth: depth at which an RLM stops being one: the root is depth 0, and an
+                ``rlm_query`` child at depth >= max_depth is a plain model call.
+            max_iterations: model replies per RLM.
+            other_backends / other_backend_kwargs: models for sub-calls; the first one serves
+                ``llm_query`` and child RLMs, and any of them can be chosen by name with ``model=``.
+            custom_system_prompt: replaces the root system prompt ({max_iterations} and
+                {output_chars} are filled in if present).
+            logger: an RLMLogger; each completion writes its JSONL run log there.
+            verbose: print progress to stderr.
+            limits: the run tree's budget (calls, tokens, USD, wall clock, timeouts, concurrency).
+        """
+        from sandboxes import SandboxSpec
+
+        if max_depth < 0:
+            raise ValueError("max_depth must be 0 or more")
+        if max_iterations < 1:
+            raise ValueError("max_iterations must be at least 1")
+        self.backend = backend
+        self.backend_kwargs = dict(backend_kwargs or {})
+        self.environment = environment
+        self.environment_kwargs = dict(environment_kwargs or {})
+        if "cell_timeout_s" in self.environment_kwargs:
+            raise ValueError("set the per-cell timeout with limits=Limits(cell_timeout_s=...), "
+                             "not environment_kwargs")
+        if "backend" in self.environment_kwargs:
+            raise ValueError("choose the sandbox backend with environment=..., not environment_kwargs")
+        try:
+            SandboxSpec(backend=environment, **self.environment_kwargs)
+        except TypeError as exc:
+            fields = ", ".join(f.name for f in dataclasses.fields(SandboxSpec) if f.name != "backend")
+            raise ValueError(f"bad environment_kwargs ({exc}); SandboxSpec takes: {fields}") from None
+        self.max_depth = max_depth
+        self.max_iterations = max_iterations
+        self.other_backends = list(other_backends or [])
+        self.other_backend_kwargs = [dict(k) for k in (other_backend_kwargs or [])]
+        if len(self.other_backend_kwargs) < len(self.other_backends):
+            raise ValueError("give one other_backend_kwargs entry (with model_name) per other_backends entry")
+        self.custom_system_prompt = custom_system_prompt
+        self.logger = logger
+        self.verbose = verbose
+        self.limits = limits or Limits()
+        # Fail now, not mid-run, on an unknown backend, a missing model name or a missing key.
+        self._make_clients()
+
+    def _make_clients(self) -> tuple[ModelClient, ModelClient, dict[str, ModelClient]]:
+        concurrency = self.limits.max_concurrency
+        root = make_client(self.backend, self.backend_kwargs, concurrency=concurrency)
+        clients = {root.model_name: root}
+        sub = root
+        for i, (backend, kwargs) in enumerate(zip(self.other_backends, self.other_backend_kwargs)):
+            client = make_client(backend, kwargs, concurrency=concurrency)
+            clients.setdefault(client.model_name, client)
+            if i == 0:
+                sub = client
+        return root, sub, clients
+
+    def _config(self) -> dict[str, Any]:
+        return redact({
+            "backend": self.backend,
+            "backend_kwargs": self.backend_kwargs,
+            "environment": self.environment,
+            "environment_kwargs": self.environment_kwargs,
+            "max_depth": self.max_depth,
+            "max_iterations": self.max_iterations,
+            "other_backends": self.other_backends,
+            "other_backend_kwargs": self.other_backend_kwargs,
+            "custom_system_prompt": self.custom_system_prompt is not None,
+            "limits": {k: v for k, v in dataclasses.asdict(self.limits).items() if k != "prices"},
+            "prices_as_of": PRICES_AS_OF,
+        })
+
+    def completion(self, prompt: str | list[Any] | dict[str, Any], root_prompt: str | None = None) -> RLMResult:
+        """Answer ``root_prompt`` over the context ``prompt``. Blocks; see ``acompletion``."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.acompletion(prompt, root_prompt))
+        # Called from inside an event loop (a notebook, an async app): run on a thread of its own.
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rlm-completion") as pool:
+            return pool.submit(asyncio.run, self.acompletion(prompt, root_prompt)).result()
+
+    async def acompletion(self, prompt: str | list[Any] | dict[str, Any],
+                          root_prompt: str | None = None) -> RLMResult:
+        """Answer ``root_prompt`` over the context ``prompt`` (a str, list or dict).
+
+        Never raises for limits, provider failures or sandbox failures: the result's ``status`` says
+        how the run ended. Raises TypeError for a context of another type.
+        """
+        from rlm.loop import RLMNode
+        from rlm.recursion import RunTree, TreeConfig
+
+        if not isinstance(prompt, (str, list, dict)):
+            raise TypeError(f"the context must be a str, a list or a dict, not {type(prompt).__name__}")
+        if root_prompt is not None and not isinstance(root_prompt, str):
+            raise TypeError("root_prompt must be a str")
+        started = time.monotonic()
+        run_id = uuid.uuid4().hex[:12]
+        root, sub, clients = self._make_clients()
+        budget = Budget(self.limits)
+        run_log = self.logger.open(run_id) if self.logger is not None else None
+        tree = RunTree(
+            run_id=run_id,
+            config=TreeConfig(self.environment, self.environment_kwargs, self.max_depth, self.max_iterations,
+                              self.limits, self.custom_system_prompt),
+            budget=budget, root_client=root, sub_client=sub, clients=clients, run_log=run_log,
+            progress=ProgressPrinter() if self.verbose else None,
+        )
+        context_size = len(prompt) if isinstance(prompt, (str, list, dict)) else None
+        tree.emit("run_start", config=self._config(), context_type=type(prompt).__name__,
+                  context_size=context_size, root_prompt=root_prompt)
+        bound = log.bind(run_id=run_id, depth=0)
+        bound.info("run_start", model=root.model_name, environment=self.environment)
+        try:
+            node = RLMNode(tree, rlm_id="0", depth=0, parent_id=None, client=root, context=prompt,
+                           root_prompt=root_prompt)
+            outcome = await node.run()
+        finally:
+            for client in {id(c): c for c in clients.values()}.values():
+                await client.aclose()
+        result = RLMResult(
+            response=outcome.response,
+            status=outcome.status,
+            usage=dict(budget.usage),
+            execution_time=time.monotonic() - started,
+            trajectory_path=str(run_log.path) if run_log is not None else None,
+            iterations=outcome.iterations,
+            message=outcome.message,
+            run_id=run_id,
+            totals=Totals.of(budget.usage),
+        )
+        tree.emit("final", **{k: v for k, v in result.to_dict().items() if k != "trajectory_path"})
+        bound.info("run_end", status=result.status, seconds=round(result.execution_time, 3))
+        if run_log is not None:
+            run_log.close()
+        return result

@@ -138,6 +138,15 @@ def is_rlm_root(request: FakeRequest) -> bool:
     return "llm_query" in request.system and "```repl" in request.system
 
 
+def split(root: Policy, sub: Policy = echo) -> Policy:
+    """Send requests from RLM loops (root and child RLMs) to ``root``, plain sub-calls to ``sub``."""
+
+    def route(request: FakeRequest) -> PolicyResult:
+        return root(request) if is_rlm_root(request) else sub(request)
+
+    return route
+
+
 def estimate_tokens(text: str) -> int:
     return max(1, math.ceil(len(text) / 4))
 

@@ -1,0 +1,232 @@
+"""What a model client is: one model behind one provider, called with chat messages.
+
+Clients are built on the providers' official async SDKs. The SDKs' own retries are switched off
+(``max_retries=0``): retrying happens here, so that every retry is visible (logged, counted in the
+run's usage, written to the run log) and none outlives the run's wall-clock deadline.
+
+Requests go through the SDK's generic ``post`` (documented for calling endpoints directly) with a
+plain dict body, and the JSON reply is read as a dict. That keeps the SDK's transport, auth, headers,
+timeouts and typed errors while skipping its per-call schema transforms and model construction,
+which cost more CPU than the rest of a fan-out of hundreds of calls.
+
+One client serves a whole run tree, on the run's event loop. It holds a few SDK clients ("lanes")
+used in turn, so that no single HTTP connection pool grows to dozens of idle connections (the
+pool rescans every idle connection on every request).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import itertools
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import structlog
+
+log = structlog.get_logger("rlm.clients")
+
+Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
+
+# Concurrent requests per SDK client (lane); more concurrency means more lanes.
+REQUESTS_PER_LANE = 4
+MAX_LANES = 16
+
+
+@dataclass(frozen=True)
+class ModelResponse:
+    text: str
+    input_tokens: int
+    output_tokens: int
+    finish_reason: str | None = None
+    attempts: int = 1
+    # False when the provider sent no usage and the counts are estimates from the text.
+    usage_reported: bool = True
+
+
+class ModelCallError(Exception):
+    """A model call failed. ``retryable`` says whether trying again may help."""
+
+    def __init__(self, message: str, *, retryable: bool = False, status: int | None = None,
+                 retry_after: float | None = None, attempts: int = 1) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.status = status
+        self.retry_after = retry_after
+        self.attempts = attempts
+
+
+class ModelTimeoutError(ModelCallError):
+    """The provider did not answer within the call's timeout."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_retries: int = 4
+    initial_delay_s: float = 0.5
+    max_delay_s: float = 8.0
+    # A server asking for a longer wait than this is not waited for.
+    max_retry_after_s: float = 60.0
+
+    def delay(self, retry: int, retry_after: float | None) -> float:
+        if retry_after is not None and retry_after >= 0:
+            return min(retry_after, self.max_retry_after_s)
+        base = min(self.max_delay_s, self.initial_delay_s * (2 ** retry))
+        return base * (0.5 + random.random() / 2)  # jitter keeps a fan-out from retrying in lockstep
+
+
+RetryHook = Callable[[int, ModelCallError, float], None]
+
+
+class ModelClient(abc.ABC):
+    """One model on one provider. Subclasses implement ``_make_sdk`` and ``_attempt``."""
+
+    backend: ClassVar[str] = "?"
+    api_key_env: ClassVar[str] = ""
+
+    def __init__(self, model_name: str, *, api_key: str | None = None, base_url: str | None = None,
+                 concurrency: int = 16, **options: Any) -> None:
+        if not model_name:
+            raise ValueError(f"backend_kwargs for {self.backend!r} need a model_name, e.g. "
+                             f"{{'model_name': '{self.example_model}'}}")
+        self.model_name = model_name
+        self.api_key = api_key or os.environ.get(self.api_key_env) or None
+        if self.api_key is None:
+            raise ValueError(f"no API key for the {self.backend} backend: set {self.api_key_env} "
+                             f"or pass backend_kwargs={{'api_key': ...}}")
+        self.base_url = base_url
+        # Extra request fields (temperature, reasoning_effort, ...), sent as given.
+        self.options = options
+        lanes = max(1, min(MAX_LANES, -(-concurrency // REQUESTS_PER_LANE)))
+        self._lane_count = lanes
+        self._lanes: list[Any] = []
+        self._next_lane = itertools.count()
+
+    example_model: ClassVar[str] = "model-name"
+
+    def describe(self) -> dict[str, Any]:
+        """Settings worth logging (never the key)."""
+        return {"backend": self.backend, "model": self.model_name, "base_url": self.base_url,
+                **{k: v for k, v in self.options.items() if not _secret(k)}}
+
+    @abc.abstractmethod
+    def _make_sdk(self) -> Any:
+        """A new SDK client with the SDK's retries off."""
+
+    @abc.abstractmethod
+    async def _attempt(self, sdk: Any, messages: list[Message], max_output_tokens: int,
+                       timeout: float) -> ModelResponse:
+        """One request, no retries; SDK errors translated to ModelCallError."""
+
+    def _sdk(self) -> Any:
+        if not self._lanes:
+            self._lanes = [self._make_sdk() for _ in range(self._lane_count)]
+        return self._lanes[next(self._next_lane) % len(self._lanes)]
+
+    async def complete(
+        self,
+        messages: list[Message],
+        *,
+        max_output_tokens: int,
+        timeout: float,
+        deadline: float | None = None,
+        retry: RetryPolicy | None = None,
+        on_retry: RetryHook | None = None,
+    ) -> ModelResponse:
+        """Call the model, retrying transient failures with backoff, never past ``deadline``.
+
+        ``timeout`` bounds each attempt; ``deadline`` (a ``time.monotonic()`` value) bounds the
+        whole call with its retries and waits.
+        """
+        retry = retry or RetryPolicy()
+        attempt = 0
+        while True:
+            attempt += 1
+            attempt_timeout = timeout
+            if deadline is not None:
+                attempt_timeout = min(timeout, deadline - time.monotonic())
+                if attempt_timeout <= 0:
+                    raise ModelTimeoutError(f"{self.model_name}: no time left in the run for another attempt",
+                                            retryable=False, attempts=attempt - 1)
+            try:
+                response = await self._attempt(self._sdk(), messages, max_output_tokens, attempt_timeout)
+            except ModelCallError as exc:
+                exc.attempts = attempt
+                retries_done = attempt - 1
+                if not exc.retryable or retries_done >= retry.max_retries:
+                    raise
+                delay = retry.delay(retries_done, exc.retry_after)
+                if deadline is not None and time.monotonic() + delay >= deadline:
+                    raise
+                log.warning("model_retry", model=self.model_name, attempt=attempt, status=exc.status,
+                            error=str(exc)[:200], delay_s=round(delay, 3))
+                if on_retry is not None:
+                    on_retry(attempt, exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            if attempt > 1:
+                response = ModelResponse(response.text, response.input_tokens, response.output_tokens,
+                                         response.finish_reason, attempt, response.usage_reported)
+            return response
+
+    async def aclose(self) -> None:
+        lanes, self._lanes = self._lanes, []
+        for sdk in lanes:
+            try:
+                await sdk.close()
+            except Exception:  # closing is best effort
+                pass
+
+
+def _secret(key: str) -> bool:
+    key = key.lower()
+    return any(word in key for word in ("key", "token", "secret", "password", "authorization"))
+
+
+def translate_sdk_error(sdk_module: Any, exc: Exception, model: str) -> ModelCallError:
+    """Map an openai/anthropic SDK exception to ModelCallError (both SDKs share these names)."""
+    if isinstance(exc, sdk_module.APITimeoutError):
+        return ModelTimeoutError(f"{model}: the provider did not answer in time", retryable=True)
+    if isinstance(exc, sdk_module.APIConnectionError):
+        return ModelCallError(f"{model}: could not reach the provider ({exc})", retryable=True)
+    if isinstance(exc, sdk_module.APIStatusError):
+        status = exc.status_code
+        retry_after = None
+        try:
+            header = exc.response.headers.get("retry-after")
+            retry_after = float(header) if header is not None else None
+        except (TypeError, ValueError, AttributeError):
+            retry_after = None
+        retryable = status in (408, 409, 429) or status >= 500
+        hint = ""
+        if status == 401:
+            hint = " (check the API key)"
+        elif status == 404:
+            hint = " (check the model name and base_url)"
+        message = getattr(exc, "message", None) or str(exc)
+        return ModelCallError(f"{model}: HTTP {status} from the provider{hint}: {str(message)[:500]}",
+                              retryable=retryable, status=status, retry_after=retry_after)
+    return ModelCallError(f"{model}: {exc.__class__.__name__}: {exc}", retryable=False)
+
+
+def estimate_tokens(text: str) -> int:
+    return max(1, len(text) // 4) if text else 0
+
+
+def make_client(backend: str, backend_kwargs: dict[str, Any] | None, *, concurrency: int = 16) -> ModelClient:
+    """Build the client for ``backend`` ("openai", "anthropic", or an OpenAI-compatible alias)."""
+    kwargs = dict(backend_kwargs or {})
+    model_name = kwargs.pop("model_name", None) or kwargs.pop("model", None)
+    if backend in ("openai", "vllm", "openrouter", "litellm", "azure_openai"):
+        from rlm.clients.openai import OpenAIClient
+
+        return OpenAIClient(model_name, concurrency=concurrency, **kwargs)
+    if backend == "anthropic":
+        from rlm.clients.anthropic import AnthropicClient
+
+        return AnthropicClient(model_name, concurrency=concurrency, **kwargs)
+    raise ValueError(f"unknown backend {backend!r}: use 'openai' (or any OpenAI-compatible server via "
+                     "backend_kwargs={'base_url': ...}) or 'anthropic'")

@@ -1,0 +1,349 @@
+"""One RLM: a sandbox with the context in it, and the loop of model replies and code cells.
+
+The loop ends on a final answer or a limit, and always returns an outcome: every limit, provider
+failure and sandbox failure becomes a status with the best partial answer, never an exception that
+escapes (cancellation from the caller aside).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from rlm import prompts
+from rlm.budget import LimitExceeded
+from rlm.clients.base import ModelCallError, ModelClient, ModelTimeoutError
+from rlm.parsing import parse_reply, truncate
+from rlm.recursion import MAX_PLAIN_CALL_CHARS, RunTree
+from rlm.repl_setup import CONTEXT_JSON, CONTEXT_TEXT, reset_ready_code, setup_code
+from sandboxes import SandboxSpec, open_sandbox
+from sandboxes.errors import SandboxError
+from sandboxes.results import ExecResult
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# The setup cell loads the context; a large one takes a while to parse.
+SETUP_TIMEOUT_S = 300.0
+# Model replies kept in the run log per iteration.
+REPLY_LOG_CHARS = 100_000
+
+
+@dataclass(frozen=True)
+class NodeOutcome:
+    status: str
+    response: str | None
+    iterations: int
+    message: str | None = None
+
+
+class _Stop(Exception):
+    """Ends the loop with a status (a limit, or an error that leaves nothing to do)."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RLMNode:
+    """One completion at one depth: owns its sandbox for exactly the duration of ``run``."""
+
+    def __init__(self, tree: RunTree, *, rlm_id: str, depth: int, parent_id: str | None, client: ModelClient,
+                 context: Any, root_prompt: str | None) -> None:
+        self.tree = tree
+        self.rlm_id = rlm_id
+        self.depth = depth
+        self.parent_id = parent_id
+        self.client = client
+        self.context = context
+        self.root_prompt = root_prompt
+        self.iteration = 0
+        # The latest answer["content"] the kernel reported, kept here so that a run cut short (limit,
+        # lost sandbox) still has its best partial answer.
+        self.draft: str | None = None
+        self.final: str | None = None
+        # True once the model has been shown the output of at least one cell.
+        self.looked = False
+        self.rejected_early = False
+        self.box: Any = None
+        self.messages: list[dict[str, str]] = []
+        self._setup_cell = ""
+        self.log = structlog.get_logger("rlm").bind(run_id=tree.run_id, rlm_id=rlm_id, depth=depth)
+
+    # -- entry -----------------------------------------------------------------------------------
+
+    async def run(self) -> NodeOutcome:
+        tree = self.tree
+        started = time.monotonic()
+        if self.depth >= tree.config.max_depth:
+            outcome = await self._plain_call()
+        else:
+            outcome = await self._run_loop()
+        tree.emit("rlm_end", rlm_id=self.rlm_id, depth=self.depth, status=outcome.status,
+                  iterations=outcome.iterations, message=outcome.message,
+                  response=truncate(outcome.response, 2000) if outcome.response else None,
+                  seconds=round(time.monotonic() - started, 4))
+        self.log.info("rlm_end", status=outcome.status, iterations=outcome.iterations)
+        return outcome
+
+    async def _plain_call(self) -> NodeOutcome:
+        """At the depth limit an RLM is a plain model call on its prompt and context."""
+        tree = self.tree
+        tree.emit("rlm_start", rlm_id=self.rlm_id, parent=self.parent_id, depth=self.depth, box_id=None,
+                  model=self.client.model_name, plain_call=True)
+        prompt = self.root_prompt or ""
+        context = self.context if self.root_prompt is not None else None
+        if context is None:
+            prompt = self.context if isinstance(self.context, str) else json.dumps(self.context, default=str)
+        messages = prompts.plain_call_messages(prompt, context)
+        size = sum(len(m["content"]) for m in messages)
+        if size > MAX_PLAIN_CALL_CHARS:
+            return NodeOutcome("max_depth", None, 0,
+                               f"at max_depth={tree.config.max_depth} this RLM is a plain model call, but its "
+                               f"material ({size:,} characters) exceeds any model window; raise max_depth")
+        try:
+            response = await tree.call_model(self.client, messages, rlm_id=self.rlm_id, depth=self.depth)
+        except LimitExceeded as exc:
+            return NodeOutcome(exc.limit, None, 0, str(exc))
+        except ModelCallError as exc:
+            status = "model_timeout_s" if isinstance(exc, ModelTimeoutError) else "error"
+            return NodeOutcome(status, None, 0, str(exc))
+        return NodeOutcome("max_depth", response.text, 0, "depth limit reached: answered by a plain model call")
+
+    async def _run_loop(self) -> NodeOutcome:
+        tree = self.tree
+        status, message = "error", None
+        deadline = tree.budget.deadline
+        try:
+            async with asyncio.timeout_at(deadline) as scope:
+                status, message = await self._in_sandbox()
+        except TimeoutError:
+            if deadline is not None and scope.expired():
+                exc = tree.budget.trip("max_wall_s", f"the run reached its wall-clock limit of "
+                                                     f"{tree.limits.max_wall_s:g} s")
+                status, message = exc.limit, str(exc)
+            else:
+                status, message = "error", "a timeout inside the controller"
+                self.log.exception("rlm_failed")
+        except _Stop as stop:
+            status, message = stop.status, str(stop)
+        except LimitExceeded as exc:
+            status, message = exc.limit, str(exc)
+        except ModelTimeoutError as exc:
+            status, message = "model_timeout_s", str(exc)
+        except ModelCallError as exc:
+            status, message = "error", str(exc)
+        except SandboxError as exc:
+            status, message = "error", f"sandbox failure: {exc}"
+        except Exception as exc:  # a bug or an unexpected failure: report it, do not raise
+            self.log.exception("rlm_failed")
+            status, message = "error", f"{exc.__class__.__name__}: {exc}"
+        if status == "final":
+            return NodeOutcome("final", self.final, self.iteration)
+        response = self.draft or None
+        if status == "max_iterations" and not response:
+            response = await self._last_chance()
+        return NodeOutcome(status, response, self.iteration, message)
+
+    # -- the sandbox -------------------------------------------------------------------------------
+
+    def _spec(self) -> SandboxSpec:
+        config = self.tree.config
+        return SandboxSpec(backend=config.environment, cell_timeout_s=config.limits.cell_timeout_s,
+                           **config.environment_kwargs)
+
+    async def _in_sandbox(self) -> tuple[str, str | None]:
+        tree = self.tree
+        async with open_sandbox(self._spec(), handlers=tree.handlers_for(self)) as box:
+            self.box = box
+            self.log = self.log.bind(box_id=box.box_id)
+            tree.emit("rlm_start", rlm_id=self.rlm_id, parent=self.parent_id, depth=self.depth,
+                      box_id=box.box_id, model=self.client.model_name)
+            self.log.info("rlm_start", model=self.client.model_name)
+            await self._load_context(box)
+            return await self._iterate()
+
+    async def _load_context(self, box: Any) -> None:
+        if isinstance(self.context, str):
+            name, data = CONTEXT_TEXT, self.context.encode("utf-8")
+        else:
+            name, data = CONTEXT_JSON, json.dumps(self.context, ensure_ascii=False, default=str).encode("utf-8")
+        await box.put_file(name, data)
+        self._setup_cell = setup_code(name)
+        await self._setup(box)
+
+    async def _setup(self, box: Any) -> None:
+        result = await box.execute(self._setup_cell, timeout=self._bounded(SETUP_TIMEOUT_S)[0])
+        if not result.ok:
+            raise _Stop("error", f"the REPL setup cell failed ({result.status}): {_error_text(result)}")
+
+    def _bounded(self, timeout: float) -> tuple[float, bool]:
+        """``timeout`` clamped to the wall clock; True when the clock is the tighter bound."""
+        remaining = self.tree.budget.remaining_s()
+        if remaining is not None and remaining < timeout:
+            return max(remaining, 0.01), True
+        return timeout, False
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    async def _iterate(self) -> tuple[str, str | None]:
+        tree = self.tree
+        config = tree.config
+        self.messages = messages = [
+            {"role": "system", "content": prompts.system_prompt(
+                max_iterations=config.max_iterations, output_chars=config.limits.max_output_chars,
+                custom=config.custom_system_prompt)},
+            {"role": "user", "content": prompts.first_message(prompts.describe_context(self.context),
+                                                              self.root_prompt)},
+        ]
+        for iteration in range(1, config.max_iterations + 1):
+            self.iteration = iteration
+            started = time.monotonic()
+            reply = await tree.call_model(self.client, messages, rlm_id=self.rlm_id, depth=self.depth)
+            model_s = time.monotonic() - started
+            text = reply.text
+            parsed = parse_reply(text)
+            tree.emit("iteration", rlm_id=self.rlm_id, depth=self.depth, iteration=iteration,
+                      reply=text[:REPLY_LOG_CHARS], code_blocks=len(parsed.blocks),
+                      input_tokens=reply.input_tokens, output_tokens=reply.output_tokens,
+                      model_seconds=round(model_s, 4), prompt_chars=sum(len(m["content"]) for m in messages))
+            messages.append({"role": "assistant", "content": text})
+            feedback: list[str] = []
+            for index, code in enumerate(parsed.blocks, 1):
+                feedback.append(await self._run_cell(code, index, len(parsed.blocks)))
+                if self.final is not None:
+                    break
+            if self.final is None and parsed.final is not None:
+                feedback.extend(await self._final_from_text(parsed.final.kind, parsed.final.value))
+            if self.final is not None:
+                return "final", None
+            if self.rejected_early:
+                self.rejected_early = False
+                await self._quiet(reset_ready_code())
+                feedback.append(prompts.TOO_EARLY)
+            if parsed.bad_final_var is not None:
+                feedback.append(prompts.BAD_FINAL_VAR.format(arg=parsed.bad_final_var))
+            if parsed.unclosed is not None:
+                feedback.append(prompts.UNCLOSED.format(lang=parsed.unclosed))
+            if not text.strip():
+                feedback.append(prompts.EMPTY_REPLY)
+            elif not parsed.blocks and parsed.final is None and parsed.unclosed is None:
+                feedback.append(prompts.NO_CODE)
+            if parsed.blocks:
+                self.looked = True
+            for note in feedback:
+                if not note.startswith("Block "):
+                    tree.emit("notice", rlm_id=self.rlm_id, depth=self.depth, iteration=iteration, text=note)
+            messages.append({"role": "user", "content": prompts.next_turn(
+                feedback, iteration=iteration, max_iterations=config.max_iterations,
+                root_prompt=self.root_prompt)})
+        return "max_iterations", f"no final answer after {config.max_iterations} iterations"
+
+    async def _final_from_text(self, kind: str, value: str) -> list[str]:
+        if not self.looked:
+            return [prompts.TOO_EARLY]
+        if kind == "text":
+            self.final = value
+            return []
+        # FINAL_VAR(name) outside code: let the kernel report the variable's value through `answer`.
+        return [await self._run_cell(f"FINAL_VAR({value!r})", 1, 1)]
+
+    def on_answer(self, content: str, ready: bool) -> None:
+        """The kernel reported answer["content"] / answer["ready"] (or FINAL / FINAL_VAR ran)."""
+        self.draft = content
+        if ready and self.final is None:
+            if self.looked:
+                self.final = content
+            else:
+                self.rejected_early = True
+
+    async def _run_cell(self, code: str, index: int, total: int) -> str:
+        """Run one block; return what the model is told about it. Raises _Stop / LimitExceeded to end."""
+        tree, box = self.tree, self.box
+        timeout, clock_bound = self._bounded(tree.limits.cell_timeout_s)
+        execute = asyncio.ensure_future(box.execute(code, timeout=timeout))
+        tripped = asyncio.ensure_future(tree.budget.tripped_event.wait())
+        try:
+            await asyncio.wait({execute, tripped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            tripped.cancel()
+            if not execute.done():
+                execute.cancel()  # the sandbox interrupts the cell
+                await asyncio.gather(execute, return_exceptions=True)
+        if execute.cancelled():
+            tree.budget.check()
+            raise _Stop("error", "the cell was cancelled")
+        result: ExecResult = execute.result()
+        output = _output_text(result)
+        tree.emit("cell", rlm_id=self.rlm_id, depth=self.depth, iteration=self.iteration, index=index,
+                  code=code, status=result.status, stdout=result.stdout, stderr=result.stderr,
+                  error=_error_text(result) if result.error else None, notice=result.notice,
+                  seconds=round(result.duration_s, 4))
+        tree.budget.check()
+        if result.status == "timeout":
+            if clock_bound:
+                raise tree.budget.trip("max_wall_s", f"the run reached its wall-clock limit of "
+                                                     f"{tree.limits.max_wall_s:g} s during a cell")
+            raise _Stop("cell_timeout_s", f"a cell ran past the per-cell timeout of {timeout:g} s")
+        if result.status == "sandbox_lost":
+            raise _Stop("error", f"the sandbox was lost: {result.notice or _error_text(result)}")
+        report = prompts.cell_report(index, total, result.status, output, result.duration_s,
+                                     tree.limits.max_output_chars)
+        if result.status in ("kernel_restarted", "oom"):
+            why = "out of memory" if result.status == "oom" else "the cell would not stop"
+            await self._setup(box)
+            note = prompts.KERNEL_RESTARTED.format(why=why)
+            tree.emit("notice", rlm_id=self.rlm_id, depth=self.depth, iteration=self.iteration, text=note)
+            report += "\n" + note
+        return report
+
+    async def _quiet(self, code: str) -> None:
+        try:
+            await self.box.execute(code, timeout=self._bounded(10.0)[0])
+        except SandboxError:
+            pass
+
+    async def _last_chance(self) -> str | None:
+        """Out of iterations with no draft: ask once for the best answer so far (if the budget allows)."""
+        tree = self.tree
+        if tree.budget.tripped is not None:
+            return None
+        messages = [dict(m) for m in self.messages]
+        if messages and messages[-1]["role"] == "user":
+            messages[-1]["content"] += "\n\n" + prompts.LAST_CHANCE
+        else:
+            messages.append({"role": "user", "content": prompts.LAST_CHANCE})
+        try:
+            reply = await tree.call_model(self.client, messages, rlm_id=self.rlm_id, depth=self.depth)
+        except (LimitExceeded, ModelCallError):
+            return None
+        parsed = parse_reply(reply.text)
+        if parsed.final is not None and parsed.final.kind == "text":
+            return parsed.final.value
+        return reply.text.strip() or None
+
+
+def _error_text(result: ExecResult) -> str:
+    if result.error is None:
+        return result.notice or result.status
+    trace = _ANSI.sub("", result.error.traceback or "")
+    return trace.strip() or str(result.error)
+
+
+def _output_text(result: ExecResult) -> str:
+    parts = [result.stdout]
+    if result.stderr:
+        parts.append(result.stderr)
+    for item in result.display:
+        text = item.get("text/plain")
+        if isinstance(text, str):
+            parts.append(text)
+    if result.error is not None:
+        parts.append(_error_text(result))
+    if result.notice:
+        parts.append(f"[{result.notice}]")
+    return "\n".join(p.rstrip("\n") for p in parts if p)

@@ -1,0 +1,139 @@
+"""The setup cell: what every RLM kernel starts with.
+
+It loads ``context`` from the file the controller uploaded (the context never travels inside a code
+string), and defines the REPL functions as thin wrappers over the one channel to the controller,
+``sandboxes.guest.runtime.call``. The wrappers claim nothing about depth or budget: the controller
+binds each sandbox's handlers to its own RLM and decides everything itself.
+
+The same cell runs again after a kernel restart; the context file is still on disk.
+"""
+
+from __future__ import annotations
+
+CONTEXT_TEXT = "context.txt"
+CONTEXT_JSON = "context.json"
+
+_SETUP = r'''
+import json as _rlm_json
+from sandboxes.guest.runtime import call as _rlm_call, GuestCallError
+
+with open(__RLM_CONTEXT_FILE__, encoding="utf-8") as _rlm_file:
+    context = _rlm_json.load(_rlm_file) if __RLM_IS_JSON__ else _rlm_file.read()
+del _rlm_file
+
+
+class LLMError(str):
+    """A failed item of a batched call, in place of its answer: a str starting with "Error:"."""
+
+    def __repr__(self):
+        return "LLMError(" + str.__repr__(self) + ")"
+
+
+def _rlm_str(value):
+    return value if isinstance(value, str) else str(value)
+
+
+def _rlm_ctx(value):
+    if value is None or isinstance(value, (str, list, dict)):
+        return value
+    return str(value)
+
+
+def _rlm_items(values):
+    return [LLMError("Error: " + str(v["error"])) if isinstance(v, dict) and "error" in v else v for v in values]
+
+
+def llm_query(prompt, model=None):
+    """Ask a language model one question; returns its answer as a str."""
+    return _rlm_call("llm_query", {"prompt": _rlm_str(prompt), "model": model})
+
+
+def llm_query_batched(prompts, model=None):
+    """Many llm_query calls at once; answers in prompt order, failures as LLMError strings."""
+    prompts = [_rlm_str(p) for p in prompts]
+    if not prompts:
+        return []
+    return _rlm_items(_rlm_call("llm_query_batched", {"prompts": prompts, "model": model}))
+
+
+def rlm_query(prompt, context=None):
+    """Hand a sub-task to a recursive model with its own REPL; returns its answer as a str."""
+    return _rlm_call("rlm_query", {"prompt": _rlm_str(prompt), "context": _rlm_ctx(context)})
+
+
+def rlm_query_batched(prompts, contexts=None):
+    """Several rlm_query calls at once; answers in order, failures as LLMError strings."""
+    prompts = [_rlm_str(p) for p in prompts]
+    if contexts is not None:
+        contexts = [_rlm_ctx(c) for c in contexts]
+        if len(contexts) != len(prompts):
+            raise ValueError("rlm_query_batched needs one context per prompt")
+    if not prompts:
+        return []
+    return _rlm_items(_rlm_call("rlm_query_batched", {"prompts": prompts, "contexts": contexts}))
+
+
+class _RLMAnswer(dict):
+    """answer["content"] keeps a draft; answer["ready"] = True submits it. Both reach the controller."""
+
+    def __setitem__(self, key, value):
+        dict.__setitem__(self, key, value)
+        if key in ("content", "ready"):
+            _rlm_call("answer", {"content": _rlm_str(self.get("content", "")), "ready": bool(self.get("ready"))})
+
+
+answer = _RLMAnswer(content="", ready=False)
+
+
+def FINAL(text):
+    """Submit `text` as the final answer."""
+    text = _rlm_str(text)
+    if isinstance(answer, dict):
+        dict.__setitem__(answer, "content", text)
+        dict.__setitem__(answer, "ready", True)
+    _rlm_call("answer", {"content": text, "ready": True})
+
+
+def FINAL_VAR(name):
+    """Submit the value of the variable called `name` (a str) as the final answer."""
+    if isinstance(name, str):
+        if name not in globals():
+            raise NameError("FINAL_VAR: no variable named %r; pass the name in quotes, e.g. "
+                            "FINAL_VAR('result'), or use FINAL(value)" % name)
+        value = globals()[name]
+    else:
+        value = name
+    FINAL(value)
+
+
+_RLM_NAMES = {"context", "llm_query", "llm_query_batched", "rlm_query", "rlm_query_batched", "SHOW_VARS",
+              "FINAL", "FINAL_VAR", "answer", "LLMError", "GuestCallError", "In", "Out", "exit", "quit",
+              "get_ipython", "open"}
+
+
+def SHOW_VARS():
+    """Print the variables you have defined, with their types and sizes."""
+    import types as _types
+    rows = []
+    for name, value in list(globals().items()):
+        if name.startswith("_") or name in _RLM_NAMES or isinstance(value, _types.ModuleType):
+            continue
+        size = ""
+        try:
+            size = " (len %d)" % len(value)
+        except Exception:
+            pass
+        rows.append("%s: %s%s" % (name, type(value).__name__, size))
+    print("\n".join(rows) if rows else "(no variables defined yet)")
+'''
+
+
+def setup_code(context_file: str) -> str:
+    """The setup cell for a context uploaded as ``context_file`` (CONTEXT_TEXT or CONTEXT_JSON)."""
+    return (_SETUP.replace("__RLM_CONTEXT_FILE__", repr(context_file))
+            .replace("__RLM_IS_JSON__", repr(context_file.endswith(".json"))))
+
+
+def reset_ready_code() -> str:
+    """Undo an early ``answer["ready"] = True`` without reporting it again."""
+    return "if isinstance(answer, dict):\n    dict.__setitem__(answer, 'ready', False)"
