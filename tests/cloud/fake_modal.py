@@ -230,9 +230,14 @@ class Sandbox:
         return box
 
     async def _watch(self, timeout: int | None, idle_timeout: int | None) -> None:
+        """Modal's side of a box's life: its timeout, its idle timeout, and a container's rule that the
+        box ends when its main process does (taking every other process in it along)."""
         started = time.monotonic()
-        while not self._terminated and self._process.returncode is None:
+        while not self._terminated:
             now = time.monotonic()
+            if self._process.returncode is not None:
+                self.terminated_by = self.terminated_by or "exit"
+                break
             if timeout is not None and now - started >= timeout:
                 self.terminated_by = "timeout"
                 break
@@ -240,9 +245,8 @@ class Sandbox:
                 self.terminated_by = "idle_timeout"
                 break
             await asyncio.sleep(0.05)
-        else:
-            return
-        await self._terminate()
+        if not self._terminated:
+            await self._terminate()
 
     @property
     def object_id(self) -> str:
