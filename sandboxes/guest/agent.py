@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -580,8 +581,13 @@ async def _main(args: argparse.Namespace) -> None:
         runner.cancel()
     try:
         await runner
-    except (asyncio.CancelledError, Exception):
+    except asyncio.CancelledError:
         pass
+    except Exception:
+        # Whoever started the agent reads its stderr to say why the box died (a template without
+        # jupyter_client, a kernel that would not start): leave the reason there, and a failing exit.
+        traceback.print_exc()
+        raise SystemExit(1) from None
 
 
 def main(argv: list[str] | None = None) -> None:
