@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import math
 import shlex
+import weakref
 from typing import Any
 
 import structlog
@@ -80,7 +81,8 @@ SDK_SURFACE: tuple[SdkCall, ...] = (
     SdkCall(f"{_HANDLE}.kill", "async"),
 )
 
-_checked: dict[int, list[str]] = {}
+# Per SDK module (the real one, or a test's fake): the check's verdict.
+_checked: "weakref.WeakKeyDictionary[Any, list[str]]" = weakref.WeakKeyDictionary()
 
 
 def _sdk() -> Any:
@@ -89,12 +91,11 @@ def _sdk() -> Any:
         import e2b
     except ImportError:
         raise SandboxUnavailable(f"the E2B backend needs the e2b SDK: {INSTALL_HINT}") from None
-    key = id(e2b)
-    if key not in _checked:
-        _checked[key] = check_sdk(e2b, SDK_SURFACE)
-    if _checked[key]:
+    if e2b not in _checked:
+        _checked[e2b] = check_sdk(e2b, SDK_SURFACE)
+    if _checked[e2b]:
         raise SandboxUnavailable(
-            "the installed e2b SDK does not offer what this backend calls: " + "; ".join(_checked[key][:5])
+            "the installed e2b SDK does not offer what this backend calls: " + "; ".join(_checked[e2b][:5])
             + ". Install a supported version: pip install -U 'rlm-sandboxes[e2b]'")
     return e2b
 

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import math
 import re
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ import structlog
 from sandboxes.backends.base import Backend, ByteStream, agent_argv
 from sandboxes.box_tags import box_tags
 from sandboxes.errors import SandboxUnavailable
-from sandboxes.guest_bundle import GUEST_SOURCE, staged_guest
+from sandboxes.guest_bundle import staged_guest
 from sandboxes.sdk_surface import SdkCall, check_sdk
 from sandboxes.spec import SandboxSpec
 from sandboxes.textstream import OutputTail, TextStream
@@ -53,6 +54,7 @@ GUEST_ROOT = "/opt/rlm-guest"
 BOX_ROOT = "/tmp/rlm-box-{box_id}"
 STDERR_TAIL = 16 * 1024
 SDK_TIMEOUT_S = 30.0
+DIAGNOSE_WAIT_S = 3.0
 
 # Every SDK name this module touches, with every keyword it passes. tests/cloud holds this table
 # against the installed SDK and against the fake; ``_sdk`` checks it before the first box.
@@ -76,9 +78,10 @@ SDK_SURFACE: tuple[SdkCall, ...] = (
     SdkCall("io_streams.StreamReader.__aiter__", "sync"),
 )
 
-_checked: dict[int, list[str]] = {}
-_apps: dict[tuple[int, str, str | None], Any] = {}
-_images: dict[tuple[Any, ...], Any] = {}
+# Per SDK module (the real one, or a test's fake): the check's verdict, apps looked up, images defined.
+_checked: "weakref.WeakKeyDictionary[Any, list[str]]" = weakref.WeakKeyDictionary()
+_apps: "weakref.WeakKeyDictionary[Any, dict[tuple[str, str | None], Any]]" = weakref.WeakKeyDictionary()
+_images: "weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], Any]]" = weakref.WeakKeyDictionary()
 
 
 def _sdk() -> Any:
@@ -87,14 +90,13 @@ def _sdk() -> Any:
         import modal
     except ImportError:
         raise SandboxUnavailable(f"the Modal backend needs the modal SDK: {INSTALL_HINT}") from None
-    key = id(modal)
-    if key not in _checked:
-        _checked[key] = check_sdk(modal, SDK_SURFACE)
-    if _checked[key]:
+    if modal not in _checked:
+        _checked[modal] = check_sdk(modal, SDK_SURFACE)
+    if _checked[modal]:
         version = getattr(modal, "__version__", "?")
         raise SandboxUnavailable(
             f"the installed modal SDK ({version}) does not offer what this backend calls: "
-            + "; ".join(_checked[key][:5]) + ". Install a supported version: pip install -U 'rlm-sandboxes[modal]'")
+            + "; ".join(_checked[modal][:5]) + ". Install a supported version: pip install -U 'rlm-sandboxes[modal]'")
     return modal
 
 
@@ -135,9 +137,10 @@ def kernel_image(modal: Any, spec: SandboxSpec) -> Any:
     """The Modal image: the guest's packages, then the guest package itself, added at start."""
     base = spec.options.get("image")
     requirements = tuple(_requirements()) if base is None else ()
-    key = (id(modal), id(base), _python_version(spec), requirements, str(GUEST_SOURCE))
-    if key in _images:
-        return _images[key]
+    key = (id(base), _python_version(spec), requirements)
+    cache = _images.setdefault(modal, {})
+    if key in cache:
+        return cache[key]
     if base is None:
         base = modal.Image.debian_slim(python_version=_python_version(spec)).pip_install(*requirements)
     image = (
@@ -145,16 +148,16 @@ def kernel_image(modal: Any, spec: SandboxSpec) -> Any:
         # Added when each box starts (copy=False), so a changed guest never rebuilds the image.
         .add_local_dir(local_path=staged_guest(), remote_path=GUEST_ROOT, copy=False)
     )
-    _images[key] = image
+    cache[key] = image
     return image
 
 
 async def _app(modal: Any, name: str, environment: str | None) -> Any:
-    key = (id(modal), name, environment)
-    if key not in _apps:
-        _apps[key] = await asyncio.wait_for(
+    cache = _apps.setdefault(modal, {})
+    if (name, environment) not in cache:
+        cache[(name, environment)] = await asyncio.wait_for(
             modal.App.lookup.aio(name=name, create_if_missing=True, environment_name=environment), SDK_TIMEOUT_S)
-    return _apps[key]
+    return cache[(name, environment)]
 
 
 class ModalSandbox(Backend):
@@ -253,10 +256,15 @@ class ModalSandbox(Backend):
         if self.sandbox is None:
             return None
         parts: list[str] = []
+        code = None
         try:
-            code = await asyncio.wait_for(self.sandbox.poll.aio(), 10.0)
+            # Stdout can end a moment before Modal records the exit: give it a few seconds.
+            async with asyncio.timeout(DIAGNOSE_WAIT_S):
+                while (code := await self.sandbox.poll.aio()) is None:
+                    await asyncio.sleep(0.2)
+        except TimeoutError:
+            pass
         except Exception as exc:
-            code = None
             parts.append(f"Modal could not say how the sandbox {self.sandbox_id} ended ({_short(exc)})")
         if code is not None:
             what = f"the Modal sandbox {self.sandbox_id} ended with exit code {code}"
