@@ -1,0 +1,114 @@
+"""TextStream: protocol lines over text chunks cut anywhere, and bounded stdin writes."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from sandboxes.guest import protocol
+from sandboxes.guest.protocol import LineBuffer
+from sandboxes.textstream import OutputTail, TextStream
+
+
+async def test_lines_cut_anywhere_reassemble_exactly() -> None:
+    rng = random.Random(7)
+    messages = [{"type": "call", "id": f"k{i}", "name": "echo", "payload": {"s": "é€😀\n\u2028" * (i % 50), "i": i}}
+                for i in range(500)]
+    wire = b"".join(protocol.encode(m) for m in messages)
+    assert wire.isascii()  # what makes cutting a text stream anywhere harmless
+    text = wire.decode("ascii")
+
+    async def nothing(piece: bytes) -> None:
+        return None
+
+    stream = TextStream(nothing)
+
+    async def feeder() -> None:
+        pos = 0
+        while pos < len(text):
+            size = rng.choice([1, 2, 3, 17, 4096, 70000])
+            await stream.feed(text[pos : pos + size])
+            pos += size
+        await stream.feed_eof()
+
+    task = asyncio.create_task(feeder())
+    buffer = LineBuffer()
+    got = []
+    while data := await stream.read():
+        got += [protocol.decode(line) for line in buffer.feed(data)]
+    await task
+    assert got == messages
+
+
+async def test_writes_are_split_and_never_interleave() -> None:
+    sent: list[bytes] = []
+
+    async def send(piece: bytes) -> None:
+        sent.append(piece)
+        await asyncio.sleep(0)  # let the other writer try to get in between
+
+    stream = TextStream(send, max_write=1000)
+    a = b"A" * 4500 + b"\n"
+    b = b"B" * 3000 + b"\n"
+    await asyncio.gather(stream.write(a), stream.write(b))
+    assert all(len(p) <= 1000 for p in sent)
+    joined = b"".join(sent)
+    assert joined in (a + b, b + a)
+    await stream.close()
+
+
+async def test_feed_waits_when_the_reader_falls_behind() -> None:
+    async def nothing(piece: bytes) -> None:
+        return None
+
+    stream = TextStream(nothing, max_buffered=10)
+    await stream.feed("x" * 10)
+    blocked = asyncio.create_task(stream.feed("y"))
+    await asyncio.sleep(0.05)
+    assert not blocked.done()  # backpressure reaches the provider's reader
+    assert await stream.read() == b"x" * 10
+    await asyncio.wait_for(blocked, 1)
+    assert await stream.read() == b"y"
+    await stream.close()
+    assert await stream.read() == b""
+
+
+async def test_keepalive_only_between_lines() -> None:
+    sent: list[bytes] = []
+    gate = asyncio.Event()
+
+    async def send(piece: bytes) -> None:
+        sent.append(piece)
+        if piece.startswith(b"{"):
+            await gate.wait()
+
+    stream = TextStream(send, keepalive=0.05)
+    await asyncio.sleep(0.2)
+    assert sent and set(sent) == {b"\n"}  # idle: newlines go out
+    sent.clear()
+    writing = asyncio.create_task(stream.write(b'{"a":1}\n'))
+    await asyncio.sleep(0.2)  # the write is stuck mid-message: no newline may slip in
+    assert sent == [b'{"a":1}\n']
+    gate.set()
+    await writing
+    await stream.close()
+
+
+async def test_write_after_close_is_a_connection_error() -> None:
+    async def nothing(piece: bytes) -> None:
+        return None
+
+    stream = TextStream(nothing)
+    await stream.close()
+    with pytest.raises(ConnectionError):
+        await stream.write(b"x\n")
+
+
+def test_output_tail_keeps_the_end() -> None:
+    tail = OutputTail(limit=100)
+    for i in range(1000):
+        tail.add(f"line {i}\n")
+    assert tail.text().endswith("line 999\n") and len(tail.text()) <= 100
+    assert tail.last_lines(2) == "line 998\nline 999"
