@@ -284,7 +284,11 @@ class RLMNode:
                   error=_error_text(result) if result.error else None, notice=result.notice,
                   seconds=round(result.duration_s, 4))
         tree.budget.check()
-        if result.status == "timeout":
+        # A cell that ignored its interrupt comes back "kernel_restarted" after the grace period:
+        # that is a timeout too (a kernel that died on its own is not).
+        timed_out = result.status == "timeout" or (result.status == "kernel_restarted"
+                                                   and result.duration_s >= timeout)
+        if timed_out:
             if clock_bound:
                 raise tree.budget.trip("max_wall_s", f"the run reached its wall-clock limit of "
                                                      f"{tree.limits.max_wall_s:g} s during a cell")
