@@ -54,7 +54,7 @@ def make_haystack(size_bytes: int, seed: int = 7) -> Haystack:
     pool.append(f"Facilities note: vault {vault} was repainted; its access code is unchanged.")
     rng.shuffle(pool)
     block = "\n".join(pool) + "\n"
-    copies = max(1, size_bytes // len(block))
+    copies = max(1, -(-(size_bytes - len(needle)) // len(block)))  # at least size_bytes in all
     at = rng.randint(copies // 4, max(copies // 4, copies * 3 // 4))
     text = block * at + needle + "\n" + block * (copies - at)
     return Haystack(text, f"What is the access code for vault {vault}?", code)
