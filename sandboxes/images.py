@@ -342,6 +342,9 @@ def _wheels(python_version: str, requirements: str, say: Log) -> Path:
             "and create an empty .complete file there."
         )
     done.touch()
+    for old in cache.parent.glob("wheels-*"):  # wheels for requirements no longer used
+        if old != cache:
+            shutil.rmtree(old, ignore_errors=True)
     return cache
 
 

@@ -161,7 +161,7 @@ class DockerSandbox(Backend):
     async def start(self) -> ByteStream:
         image = self.spec.image or DEFAULT_IMAGE
         self._client = await _in_thread(_preflight, self.spec, image)
-        self.dir = Path(tempfile.mkdtemp(prefix="rlm-box-", dir=_channel_parent()))
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{CONTAINER_PREFIX}{self.box_id}-", dir=_channel_parent()))
         # The box's user is not the controller's: it may pass through the folder, never list it.
         os.chmod(self.dir, 0o711)
         self.listener = await UnixListener.open(self.dir / SOCKET_NAME, mode=0o666)
@@ -258,6 +258,12 @@ class DockerSandbox(Backend):
 
     def _diagnose(self) -> str | None:
         state = self._state()
+        # The stream just ended: an agent that died takes the container down a moment later.
+        for _ in range(20):
+            if state is None or not state.get("Running"):
+                break
+            time.sleep(0.05)
+            state = self._state()
         if state is None:
             return "the container is gone (removed outside this controller)"
         if state.get("OOMKilled"):

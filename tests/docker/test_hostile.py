@@ -1,0 +1,286 @@
+"""Hostile cells in Docker boxes, under runc and under gVisor.
+
+Each test runs one attack in a box while a second box beside it keeps executing cells and guest calls
+(see ``hostile_beside_neighbour``): the attack must end with a clear status, and neither the
+controller nor the neighbour may notice. No test sends a packet off this machine: egress is judged by
+the box's structure, and the host is probed only on its loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from typing import Any
+
+import pytest
+
+from sandboxes.guest.protocol import MAX_LINE_BYTES
+from tests.docker.helpers import hostile_beside_neighbour
+
+pytestmark = pytest.mark.docker
+
+
+async def test_fork_bomb(runtime: str | None) -> None:
+    async with hostile_beside_neighbour(runtime, pids=64, kill_grace_s=1.0) as (box, _):
+        await box.execute("kept = 1")
+        bomb = ("import os\n"
+                "while True:\n"
+                "    try:\n"
+                "        os.fork()\n"
+                "    except OSError:\n"
+                "        pass\n")
+        r = await box.execute(bomb, timeout=4)
+        assert r.status in ("timeout", "kernel_restarted"), r
+        assert r.notice, r
+        # The box carries on: the bomb's processes are gone and a new cell can fork again.
+        after = await box.execute("import subprocess\nprint(subprocess.run(['true']).returncode)", timeout=30)
+        assert after.status == "ok" and after.stdout.endswith("0\n"), after
+
+
+async def test_fork_bomb_that_escapes_the_process_group(runtime: str | None) -> None:
+    async with hostile_beside_neighbour(runtime, pids=64, kill_grace_s=1.0) as (box, _):
+        bomb = ("import os\n"
+                "while True:\n"
+                "    try:\n"
+                "        if os.fork() == 0:\n"
+                "            os.setsid()\n"
+                "    except OSError:\n"
+                "        pass\n")
+        r = await box.execute(bomb, timeout=4)
+        assert r.status in ("timeout", "kernel_restarted", "sandbox_lost", "error"), r
+        # Whatever the box can still do, every answer is a clear status, never a hang.
+        nxt = await box.execute("1 + 1", timeout=10)
+        assert nxt.status in ("ok", "timeout", "kernel_restarted", "error", "sandbox_lost"), nxt
+        if nxt.status != "ok":
+            assert nxt.notice or nxt.error, nxt
+
+
+async def test_memory_bomb(runtime: str | None) -> None:
+    async with hostile_beside_neighbour(runtime, memory_mb=256) as (box, _):
+        await box.execute("kept = 1")
+        r = await box.execute("blocks = []\nwhile True:\n    blocks.append(b'\\x01' * (8 << 20))", timeout=60)
+        assert r.status == "oom", r
+        assert r.notice and ("memory" in r.notice.lower()), r
+        if runtime is None:
+            # runc: only the kernel was killed; the box carries on with a new kernel.
+            nxt = await box.execute("print('kept' in globals())")
+            assert nxt.status == "ok" and nxt.stdout == "False\n", nxt
+            assert nxt.notice and "restarted" in nxt.notice
+        else:
+            # gVisor: the whole sandbox shares one host process; the box may be gone, and says so.
+            nxt = await box.execute("print('kept' in globals())")
+            assert nxt.status in ("ok", "oom", "sandbox_lost"), nxt
+
+
+async def test_filling_the_disk(runtime: str | None) -> None:
+    async with hostile_beside_neighbour(runtime, disk_mb=64, memory_mb=512) as (box, _):
+        r = await box.execute("with open('fill', 'wb') as f:\n"
+                              "    while True:\n"
+                              "        f.write(b'\\0' * (1 << 20))", timeout=60)
+        assert r.status == "error", r
+        assert r.error is not None and r.error.name == "OSError", r
+        assert "No space left on device" in r.error.value or "File too large" in r.error.value, r.error
+        for place in ("/tmp/fill", "/dev/shm/fill"):
+            r2 = await box.execute(f"with open('{place}', 'wb') as f:\n"
+                                   "    while True:\n"
+                                   "        f.write(b'\\0' * (1 << 20))", timeout=60)
+            assert r2.status == "error" and r2.error is not None and r2.error.name == "OSError", r2
+        # Nothing outside the caps is writable, and the box recovers once space is freed.
+        r3 = await box.execute(
+            "import os\nfor p in ('fill', '/tmp/fill', '/dev/shm/fill'):\n    os.remove(p)\n"
+            "open('small', 'w').write('ok')\nprint(open('small').read())")
+        assert r3.status == "ok" and r3.stdout == "ok\n", r3
+
+
+async def test_printing_without_end(runtime: str | None) -> None:
+    limit = 64 * 1024
+    async with hostile_beside_neighbour(runtime, output_limit_bytes=limit) as (box, _):
+        r = await box.execute("while True:\n    print('y' * 10000)", timeout=3)
+        assert r.status == "timeout", r
+        assert "characters omitted" in r.stdout
+        assert len(r.stdout) <= 2 * limit + 200
+        assert (await box.execute("print('after')")).stdout == "after\n"
+
+
+async def test_busy_loop_past_the_timeout(runtime: str | None) -> None:
+    async with hostile_beside_neighbour(runtime, kill_grace_s=1.0) as (box, _):
+        await box.execute("kept = 'yes'")
+        r = await box.execute("while True:\n    pass", timeout=2)
+        assert r.status == "timeout", r
+        assert (await box.execute("print(kept)")).stdout == "yes\n"
+        stubborn = ("import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                    "while True:\n    pass")
+        r = await box.execute(stubborn, timeout=2)
+        assert r.status == "kernel_restarted", r
+        nxt = await box.execute("print('kept' in globals())")
+        assert nxt.status == "ok" and nxt.stdout == "False\n", nxt
+
+
+async def test_child_process_left_running_after_its_cell(runtime: str | None, docker_client: Any) -> None:
+    async with hostile_beside_neighbour(runtime) as (box, _):
+        r = await box.execute(
+            "import subprocess, sys\n"
+            "p = subprocess.Popen([sys.executable, '-c', 'import os\\nos.setsid()\\nwhile True: pass'],\n"
+            "                     start_new_session=True)\n"
+            "print(p.pid)")
+        assert r.status == "ok", r
+        pid = int(r.stdout.strip())
+        # The cell is over; its child still spins (inside the box's CPU quota) and the box serves on.
+        for _ in range(3):
+            alive = await box.execute(f"import os\nos.kill({pid}, 0)\nprint('alive')")
+            assert alive.status == "ok" and alive.stdout == "alive\n", alive
+        name = box.backend.container_name
+    # Closing the box destroyed the container and everything in it, the child included.
+    assert docker_client.containers.list(all=True, filters={"name": name}) == []
+
+
+async def test_no_network_egress_by_structure(runtime: str | None, docker_client: Any) -> None:
+    async with hostile_beside_neighbour(runtime) as (box, _):
+        r = await box.execute(
+            "import os\n"
+            "print(sorted(os.listdir('/sys/class/net')))\n"
+            "print(len([l for l in open('/proc/net/route').read().splitlines()[1:] if l.strip()]))\n")
+        assert r.status == "ok", r
+        interfaces, routes = r.stdout.splitlines()
+        assert interfaces == "['lo']"
+        assert routes == "0"
+        attrs = docker_client.api.inspect_container(box.backend.container_name)
+        assert attrs["HostConfig"]["NetworkMode"] == "none"
+        assert attrs["NetworkSettings"]["IPAddress"] == ""
+
+
+async def test_host_loopback_service_is_out_of_reach(runtime: str | None) -> None:
+    connections: list[Any] = []
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer.get_extra_info("peername"))
+        writer.close()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with hostile_beside_neighbour(runtime) as (box, _):
+            r = await box.execute(
+                "import socket\n"
+                "for host in ('127.0.0.1', 'localhost'):\n"
+                "    try:\n"
+                f"        socket.create_connection((host, {port}), timeout=3)\n"
+                "        print('connected')\n"
+                "    except OSError as e:\n"
+                "        print(type(e).__name__)\n")
+            assert r.status == "ok", r
+            assert "connected" not in r.stdout
+            assert r.stdout.splitlines()[0] == "ConnectionRefusedError", r.stdout
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert connections == []
+
+
+async def test_host_environment_and_files_are_out_of_reach(runtime: str | None, tmp_path: Any,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    token = secrets.token_hex(16)
+    monkeypatch.setenv("RLM_TEST_HOST_SECRET", token)
+    secret_file = tmp_path / "secret.txt"
+    secret_file.write_text(token)
+    async with hostile_beside_neighbour(runtime) as (box, _):
+        r = await box.execute(
+            "import os, glob\n"
+            f"token = {token!r}\n"
+            "env_hits = [k for k, v in os.environ.items() if token in v or k == 'RLM_TEST_HOST_SECRET']\n"
+            "proc_hits = []\n"
+            "for p in glob.glob('/proc/[0-9]*/environ'):\n"
+            "    try:\n"
+            "        proc_hits += [p] if token.encode() in open(p, 'rb').read() else []\n"
+            "    except OSError:\n"
+            "        pass\n"
+            f"print(env_hits, proc_hits, os.path.exists({str(secret_file)!r}))\n"
+            "try:\n    print(os.listdir('/run/sandbox'))\nexcept OSError as e:\n    print(type(e).__name__)\n"
+            "print(os.path.exists('/var/run/docker.sock'), os.path.exists('/run/docker.sock'))\n"
+            "found = []\n"
+            "for root in ('/etc', '/home', '/tmp', '/run', '/opt', '/root', '/mnt', '/srv'):\n"
+            "    for d, _, files in os.walk(root):\n"
+            "        for f in files:\n"
+            "            try:\n"
+            "                if token.encode() in open(os.path.join(d, f), 'rb').read(1 << 20):\n"
+            "                    found.append(os.path.join(d, f))\n"
+            "            except OSError:\n"
+            "                pass\n"
+            "print(found)\n")
+        assert r.status == "ok", r
+        lines = r.stdout.splitlines()
+        assert lines[0] == "[] [] False", r.stdout
+        assert lines[1] == "PermissionError", r.stdout  # the channel folder cannot even be listed
+        assert lines[2] == "False False"
+        assert lines[3] == "[]"
+
+
+async def test_killing_the_agent_from_kernel_code(runtime: str | None, docker_client: Any) -> None:
+    async with hostile_beside_neighbour(runtime) as (box, _):
+        r = await box.execute("import os, signal, time\nos.kill(os.getppid(), signal.SIGKILL)\ntime.sleep(30)",
+                              timeout=20)
+        assert r.status == "sandbox_lost", r
+        assert r.error is not None and "signal 9" in r.error.value, r.error
+        again = await box.execute("1")
+        assert again.status == "sandbox_lost"
+        name = box.backend.container_name
+    assert docker_client.containers.list(all=True, filters={"name": name}) == []
+
+
+async def test_forged_guest_call_with_made_up_depth(runtime: str | None) -> None:
+    seen: list[Any] = []
+
+    async with hostile_beside_neighbour(runtime) as (box, _):
+        true_depth = 1
+        this_box = box.box_id
+
+        async def llm_query(payload: Any) -> Any:
+            # What a controller handler does: it knows its own depth and box; the payload is data.
+            seen.append(payload)
+            return {"answered_at_depth": true_depth, "box": this_box}
+
+        box.bind({"llm_query": llm_query})
+        r = await box.execute(
+            "from sandboxes.guest.runtime import call\n"
+            "print(call('llm_query', {'prompt': 'hi', 'depth': 99, 'run_id': 'someone-else', 'box': 'other'}))\n")
+        assert r.status == "ok", r
+        assert f"'answered_at_depth': 1, 'box': '{this_box}'" in r.stdout
+        assert seen == [{"prompt": "hi", "depth": 99, "run_id": "someone-else", "box": "other"}]
+        # Kernel code cannot speak to the controller directly: the channel socket takes one
+        # connection (the agent's) and refuses the rest, so a forged `ready`/`result` goes nowhere.
+        r = await box.execute(
+            "import socket, json\n"
+            "s = socket.socket(socket.AF_UNIX)\n"
+            "try:\n"
+            "    s.connect('/run/sandbox/agent.sock')\n"
+            "    s.sendall(json.dumps({'type': 'result', 'id': 'x1', 'status': 'ok'}).encode() + b'\\n')\n"
+            "    s.settimeout(5)\n"
+            "    print('reply', s.recv(100))\n"
+            "except OSError as e:\n"
+            "    print(type(e).__name__)\n")
+        assert r.status == "ok", r
+        assert r.stdout.strip() in ("reply b''", "ConnectionResetError", "BrokenPipeError", "ConnectionRefusedError"), r
+        assert box.channel.violations == 0
+        assert (await box.execute("print(1)")).stdout == "1\n"
+
+
+async def test_forged_guest_call_with_huge_payload(runtime: str | None) -> None:
+    async with hostile_beside_neighbour(runtime) as (box, _):
+        r = await box.execute(
+            "from sandboxes.guest.runtime import call, GuestCallError\n"
+            f"try:\n    call('echo', 'x' * {MAX_LINE_BYTES + 1024})\n"
+            "except GuestCallError as e:\n    print('refused', 'cap' in str(e))\n"
+            "import os, socket\n"
+            "s = socket.socket(socket.AF_UNIX)\n"
+            "s.connect(os.environ['SANDBOX_CALL_SOCKET'])\n"
+            "blob = b'z' * (4 << 20)\n"
+            "for _ in range(16):\n"  # 64 MiB with no newline: a line the agent must drop, not hold
+            "    s.sendall(blob)\n"
+            "s.sendall(b'\\n')\n"
+            "print(s.recv(1000)[:60])\n"
+            "print(call('echo', 'still works'))\n", timeout=60)
+        assert r.status == "ok", r
+        assert "refused True" in r.stdout
+        assert "still works" in r.stdout
+        assert box.channel.violations == 0
+
