@@ -265,6 +265,7 @@ class RLMNode:
         """Run one block; return what the model is told about it. Raises _Stop / LimitExceeded to end."""
         tree, box = self.tree, self.box
         timeout, clock_bound = self._bounded(tree.limits.cell_timeout_s)
+        started = time.monotonic()
         execute = asyncio.ensure_future(box.execute(code, timeout=timeout))
         tripped = asyncio.ensure_future(tree.budget.tripped_event.wait())
         try:
@@ -282,7 +283,7 @@ class RLMNode:
         tree.emit("cell", rlm_id=self.rlm_id, depth=self.depth, iteration=self.iteration, index=index,
                   code=code, status=result.status, stdout=result.stdout, stderr=result.stderr,
                   error=_error_text(result) if result.error else None, notice=result.notice,
-                  seconds=round(result.duration_s, 4))
+                  seconds=round(result.duration_s, 4), wall_seconds=round(time.monotonic() - started, 4))
         tree.budget.check()
         # A cell that ignored its interrupt comes back "kernel_restarted" after the grace period:
         # that is a timeout too (a kernel that died on its own is not).

@@ -6,7 +6,8 @@ from typing import Any
 
 import anthropic
 
-from rlm.clients.base import Message, ModelCallError, ModelClient, ModelResponse, estimate_tokens, translate_sdk_error
+from rlm.clients.base import (Message, ModelCallError, ModelClient, ModelResponse, estimate_tokens,
+                              shared_ssl_context, translate_sdk_error)
 
 
 class AnthropicClient(ModelClient):
@@ -15,7 +16,8 @@ class AnthropicClient(ModelClient):
     example_model = "claude-sonnet-4-5"
 
     def _make_sdk(self) -> anthropic.AsyncAnthropic:
-        kwargs: dict[str, Any] = {"api_key": self.api_key, "max_retries": 0}
+        kwargs: dict[str, Any] = {"api_key": self.api_key, "max_retries": 0,
+                                  "http_client": anthropic.DefaultAsyncHttpxClient(verify=shared_ssl_context())}
         if self.base_url:
             kwargs["base_url"] = self.base_url
         return anthropic.AsyncAnthropic(**kwargs)

@@ -10,7 +10,8 @@ from typing import Any
 
 import openai
 
-from rlm.clients.base import Message, ModelCallError, ModelClient, ModelResponse, estimate_tokens, translate_sdk_error
+from rlm.clients.base import (Message, ModelCallError, ModelClient, ModelResponse, estimate_tokens,
+                              shared_ssl_context, translate_sdk_error)
 
 
 class OpenAIClient(ModelClient):
@@ -24,7 +25,8 @@ class OpenAIClient(ModelClient):
         super().__init__(model_name, **kwargs)
 
     def _make_sdk(self) -> openai.AsyncOpenAI:
-        kwargs: dict[str, Any] = {"api_key": self.api_key, "max_retries": 0}
+        kwargs: dict[str, Any] = {"api_key": self.api_key, "max_retries": 0,
+                                  "http_client": openai.DefaultAsyncHttpxClient(verify=shared_ssl_context())}
         if self.base_url:
             kwargs["base_url"] = self.base_url
         return openai.AsyncOpenAI(**kwargs)
