@@ -139,8 +139,16 @@ class Kernel:
 
         self.kc = AsyncKernelClient(connection_file=str(self.connection_file))
         self.kc.load_connection_file()
-        self.kc.start_channels()
-        await self.kc.wait_for_ready(timeout=KERNEL_READY_TIMEOUT)
+        # No heartbeat channel: its 1 s deadline declares a kernel dead while many kernels start at
+        # once on a busy machine. Liveness is the kernel process itself, which the agent owns.
+        self.kc.start_channels(hb=False)
+        ready = asyncio.ensure_future(self.kc.wait_for_ready(timeout=KERNEL_READY_TIMEOUT))
+        while not ready.done():
+            await asyncio.wait({ready}, timeout=0.2)
+            if not ready.done() and not await self.alive():
+                ready.cancel()
+                raise RuntimeError(f"the kernel exited with code {await self.exit_code()} before it answered")
+        ready.result()
         # Set up the kernel side: the output cap and nothing else; runs silently, outside history.
         bootstrap = (
             "import sandboxes.guest.runtime as __sandbox_rt\n"
