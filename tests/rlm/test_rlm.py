@@ -299,9 +299,9 @@ def test_max_cost_usd_ends_the_run_within_budget(server, make_rlm):
 def test_max_wall_s_ends_a_long_cell(server, make_rlm):
     server.policy = policy(LOOK, "```repl\nanswer['content'] = 'so far'\nimport time\ntime.sleep(60)\n```")
     started = time.monotonic()
-    result = make_rlm(limits=Limits(max_wall_s=4, cell_timeout_s=30)).completion("ctx")
+    result = make_rlm(limits=Limits(max_wall_s=10, cell_timeout_s=30)).completion("ctx")
     assert (result.status, result.response) == ("max_wall_s", "so far")
-    assert time.monotonic() - started < 20
+    assert time.monotonic() - started < 40
 
 
 def test_max_wall_s_ends_a_slow_model(server, make_rlm):
@@ -315,7 +315,7 @@ def test_max_wall_s_ends_a_slow_model(server, make_rlm):
 def test_cell_timeout_ends_the_run(server, make_rlm):
     server.policy = policy(LOOK, "```repl\nimport time\ntime.sleep(30)\n```")
     started = time.monotonic()
-    result = make_rlm(limits=Limits(cell_timeout_s=1, max_wall_s=60)).completion("ctx")
+    result = make_rlm(limits=Limits(cell_timeout_s=3, max_wall_s=60)).completion("ctx")
     assert result.status == "cell_timeout_s", result.message
     assert time.monotonic() - started < 20
 
