@@ -30,7 +30,6 @@ import asyncio
 import collections
 import dataclasses
 import json
-import logging
 import os
 import sys
 import time
@@ -356,47 +355,62 @@ async def run_batch(tasks_path: Path, results_path: Path, run_task: RunTask, *, 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `rlm batch` options (also used by `python -m rlm.batch`)."""
-    parser.add_argument("tasks", type=Path, help="JSONL file, one task per line: {id, question, context|context_path, ...}")
-    parser.add_argument("--out", type=Path, required=True, help="JSONL results file (appended to; rerun to resume)")
+    """The `rlm batch` options; model, sandbox and limit options mean what they mean for `rlm run`."""
+    parser.add_argument("tasks", type=Path, metavar="TASKS.jsonl",
+                        help="one task per line: {id, question, context | context_path, ...}")
+    parser.add_argument("--out", type=Path, required=True, metavar="RESULTS.jsonl",
+                        help="results, one line per task, appended as each finishes; rerun to resume")
     parser.add_argument("--concurrency", type=int, default=4, help="tasks run at once (default 4)")
-    parser.add_argument("--sandbox", default="local", choices=("local", "docker", "modal", "e2b"),
-                        help="where the REPL code runs (default local: no isolation; use docker, modal or e2b "
+    parser.add_argument("--sandbox", choices=["local", "docker", "modal", "e2b"], default="local",
+                        help="where REPL code runs (default local, which is no isolation: use docker, modal or e2b "
                              "for untrusted model output)")
-    parser.add_argument("--backend", default="openai", help="openai (or any OpenAI-compatible server) or anthropic")
+    parser.add_argument("--backend", choices=["openai", "anthropic"], default="openai")
     parser.add_argument("--model", help="root model (default: gpt-5-mini / claude-sonnet-4-5)")
-    parser.add_argument("--sub-model", help="model for llm_query sub-calls (default: the root model)")
-    parser.add_argument("--base-url", help="OpenAI-compatible server URL (default: $OPENAI_BASE_URL)")
+    parser.add_argument("--sub-model", help="model for llm_query and child RLMs (default: gpt-5-nano / "
+                                            "claude-haiku-4-5)")
+    parser.add_argument("--base-url", help="OpenAI-compatible server (default: $OPENAI_BASE_URL or the provider)")
     parser.add_argument("--max-depth", type=int, default=1)
     parser.add_argument("--max-iterations", type=int, default=30)
-    parser.add_argument("--log-dir", type=Path, help="write each run's JSONL trajectory here")
-    parser.add_argument("--task-max-cost-usd", type=float, help="budget of each task's run tree")
-    parser.add_argument("--task-max-wall-s", type=float, default=1800.0, help="wall-clock limit per task (default 1800)")
-    parser.add_argument("--max-total-cost-usd", type=float,
-                        help="start no new task once the batch (all its results) has cost this much")
+    parser.add_argument("--log-dir", help="write each run's JSONL log here (default: none)")
+    parser.add_argument("--max-cost-usd", type=float, default=None, help="budget of each task's run tree")
+    parser.add_argument("--max-tokens", type=int, default=None, help="tokens per task")
+    parser.add_argument("--max-llm-calls", type=int, default=1000, help="model calls per task")
+    parser.add_argument("--max-wall-s", type=float, default=1800.0, help="wall clock per task (default 1800)")
+    parser.add_argument("--cell-timeout-s", type=float, default=120.0)
+    parser.add_argument("--max-total-cost-usd", type=float, default=None,
+                        help="start no new task once the batch's results (this run and earlier ones) cost this much")
     parser.add_argument("--summary-json", type=Path, help="also write the summary as JSON to this file")
+    parser.add_argument("--verbose", action="store_true", help="operational logs on stderr too")
 
 
-DEFAULT_MODELS = {"openai": "gpt-5-mini", "anthropic": "claude-sonnet-4-5"}
+def add_batch_parser(sub: argparse._SubParsersAction) -> None:
+    """Registers `rlm batch` with the `rlm` command (rlm/cli.py picks this up)."""
+    batch = sub.add_parser("batch", help="many RLM runs from a JSONL file, resumable",
+                           description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(batch)
+    batch.set_defaults(func=run_from_args)
 
 
 def make_runner(args: argparse.Namespace) -> RunTask:
     """One RLM for the whole batch; each task is its own completion (own sandbox, own budget)."""
     from rlm import RLM, Limits, RLMLogger
+    from rlm.cli import DEFAULT_MODELS, DEFAULT_SUB_MODELS, backend_kwargs
 
-    backend_kwargs: dict[str, Any] = {"model_name": args.model or DEFAULT_MODELS.get(args.backend, "gpt-5-mini")}
-    base_url = args.base_url or (os.environ.get("OPENAI_BASE_URL") if args.backend == "openai" else None)
-    if base_url:
-        backend_kwargs["base_url"] = base_url
-    other_backends, other_kwargs = [], []
-    if args.sub_model:
-        other_backends = [args.backend]
-        other_kwargs = [{**backend_kwargs, "model_name": args.sub_model}]
-    limits = Limits(max_cost_usd=args.task_max_cost_usd, max_wall_s=args.task_max_wall_s)
-    rlm = RLM(backend=args.backend, backend_kwargs=backend_kwargs, environment=args.sandbox,
-              max_depth=args.max_depth, max_iterations=args.max_iterations, other_backends=other_backends,
-              other_backend_kwargs=other_kwargs, logger=RLMLogger(args.log_dir) if args.log_dir else None,
-              limits=limits)
+    model = args.model or DEFAULT_MODELS[args.backend]
+    sub_model = args.sub_model or DEFAULT_SUB_MODELS[args.backend]
+    rlm = RLM(
+        backend=args.backend,
+        backend_kwargs=backend_kwargs(args.backend, model, args.base_url),
+        environment=args.sandbox,
+        max_depth=args.max_depth,
+        max_iterations=args.max_iterations,
+        other_backends=[args.backend],
+        other_backend_kwargs=[backend_kwargs(args.backend, sub_model, args.base_url)],
+        logger=RLMLogger(args.log_dir) if args.log_dir else None,
+        limits=Limits(max_cost_usd=args.max_cost_usd, max_tokens=args.max_tokens,
+                      max_llm_calls=args.max_llm_calls, max_wall_s=args.max_wall_s,
+                      cell_timeout_s=args.cell_timeout_s),
+    )
 
     async def run(task: Task) -> Any:
         return await rlm.acompletion(task.context, root_prompt=task.question)
@@ -406,19 +420,14 @@ def make_runner(args: argparse.Namespace) -> RunTask:
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Run `rlm batch` with parsed arguments; returns the exit status."""
-    import structlog
+    from rlm.cli import configure_logging
 
-    # Per-run log lines would drown the progress; warnings still reach stderr.
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-                        logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    configure_logging(args.verbose)  # per-run log lines would drown the progress; warnings still show
     try:
         runner = make_runner(args)
         summary = asyncio.run(run_batch(args.tasks, args.out, runner, concurrency=args.concurrency,
                                         max_total_cost_usd=args.max_total_cost_usd))
-    except BatchError as exc:
-        print(f"rlm batch: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:  # bad model/backend settings, found before any task runs
+    except (BatchError, ValueError) as exc:  # ValueError: bad model or sandbox settings, before any task
         print(f"rlm batch: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -435,7 +444,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rlm batch", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="rlm batch", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     return run_from_args(parser.parse_args(argv))
