@@ -163,7 +163,9 @@ async def _probe_box(runtime: str | None, image: str | None) -> dict[str, Any]:
     if result.status != "ok":
         raise SandboxError(f"the probe cell ended with {result.status}: {result.error or result.stderr[-500:]}")
     seen = json.loads(result.stdout.strip().splitlines()[-1])
-    seen["_spec"] = {"memory_mb": spec.memory_mb, "pids": spec.pids}
+    from sandboxes.backends.docker import engine_pids_limit
+
+    seen["_spec"] = {"memory_mb": spec.memory_mb, "pids": engine_pids_limit(spec)}
     seen["_host"] = host
     return seen
 

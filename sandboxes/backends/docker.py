@@ -53,6 +53,13 @@ RUN_DIR_ENV = "RLM_SANDBOX_RUN_DIR"
 # How often start-up looks whether the container died before its agent connected.
 START_POLL_S = (0.25, 0.5, 1.0, 2.0)
 REMOVE_TIMEOUT_S = 30.0
+# What the agent's last words say when it could not start a thread or process.
+PIDS_EXHAUSTED_SIGNS = ("Resource temporarily unavailable", "can't start new thread")
+# Under gVisor the engine's pids limit counts gVisor's own host tasks: about 80 for an idle box and
+# about six per process inside it (ptrace platform). The limit passed to the engine is scaled so that
+# ``spec.pids`` means roughly the same number of processes in the box under either runtime.
+RUNSC_BASE_TASKS = 96
+RUNSC_TASKS_PER_PROCESS = 6
 
 # docker-py is blocking; its calls run here, so fifty boxes starting at once never starve the
 # event loop's default executor (which guest-call handlers also use).
@@ -119,7 +126,7 @@ def container_config(spec: SandboxSpec, box_id: str, channel_dir: str) -> dict[s
             "mounts": [Mount(target=BOX_CHANNEL_DIR, source=channel_dir, type="bind", read_only=True)],
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges"],
-            "pids_limit": spec.pids,
+            "pids_limit": engine_pids_limit(spec),
             "mem_limit": spec.memory_mb * mb,
             "memswap_limit": spec.memory_mb * mb,
             "nano_cpus": int(spec.cpus * 1e9),
@@ -134,6 +141,13 @@ def container_config(spec: SandboxSpec, box_id: str, channel_dir: str) -> dict[s
             "runtime": spec.runtime,
         },
     }
+
+
+def engine_pids_limit(spec: SandboxSpec) -> int:
+    """The engine's pids limit for a spec (see RUNSC_BASE_TASKS)."""
+    if spec.runtime == "runsc":
+        return RUNSC_BASE_TASKS + RUNSC_TASKS_PER_PROCESS * spec.pids
+    return spec.pids
 
 
 def _channel_parent() -> str:
@@ -244,7 +258,7 @@ class DockerSandbox(Backend):
         try:
             stats = self._client.api.stats(self.container_name, stream=False, one_shot=True)
             pids = stats.get("pids_stats") or {}
-            return bool(pids.get("current")) and pids.get("current", 0) >= self.spec.pids
+            return bool(pids.get("current")) and pids.get("current", 0) >= engine_pids_limit(self.spec)
         except Exception:
             return False
 
@@ -259,7 +273,7 @@ class DockerSandbox(Backend):
     def _diagnose(self) -> str | None:
         state = self._state()
         # The stream just ended: an agent that died takes the container down a moment later.
-        for _ in range(20):
+        for _ in range(40):
             if state is None or not state.get("Running"):
                 break
             time.sleep(0.05)
@@ -281,7 +295,10 @@ class DockerSandbox(Backend):
         words = self._last_words()
         if age >= self.spec.lifetime_s:
             what += f" after its lifetime of {self.spec.lifetime_s:g} s"
-        return f"the box's agent {what}" + (f"; its last words: {words}" if words else "")
+        text = f"the box's agent {what}" + (f"; its last words: {words}" if words else "")
+        if any(sign in words for sign in PIDS_EXHAUSTED_SIGNS):
+            text = f"the box hit its process limit ({self.spec.pids} processes) and {text}"
+        return text
 
     # --- destroy ------------------------------------------------------------------------------
 

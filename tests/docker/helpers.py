@@ -63,6 +63,11 @@ async def hostile_beside_neighbour(runtime: str | None, **changes: Any) -> Async
         tick = asyncio.create_task(ticker())
         try:
             yield box, beside
+            # The neighbour must also go on after the attack: two more cells, whatever came before.
+            goal = len(beside.neighbour_results) + 2
+            deadline = time.monotonic() + 60
+            while len(beside.neighbour_results) < goal and time.monotonic() < deadline and not work.done():
+                await asyncio.sleep(0.02)
         finally:
             stop.set()
             await asyncio.wait_for(work, 90)
