@@ -3,9 +3,10 @@ stdin/stdout.
 
 No port is opened on the box and the box has no network (``block_network=True``): the channel is the
 agent process's stdin and stdout, which Modal's API carries. The box runs under gVisor (Modal runs
-every sandbox that way) with a hard CPU and memory limit (request = limit), a hard lifetime
-(``timeout``) and an ``idle_timeout``: the stream sends a bare newline whenever it has been quiet for
-a quarter of that, so a box goes idle, and is reaped by Modal, only when its controller is gone.
+every sandbox that way) with a hard CPU and memory limit (request = limit; ``cpus`` counts logical
+CPUs as on Docker, and a Modal core is two of them), a hard lifetime (``timeout``) and an
+``idle_timeout``: the stream sends a bare newline whenever it has been quiet for a quarter of that,
+so a box goes idle, and is reaped by Modal, only when its controller is gone.
 
 The image is defined from ``images/requirements.txt`` (the same guest packages the Docker image
 installs) on Modal's Debian base with the Python version of the Docker image's base, plus the guest
@@ -48,6 +49,7 @@ CREDENTIALS_HINT = ("configure Modal credentials: run `modal token new` (writes 
 DEFAULT_APP_NAME = "rlm-sandboxes"
 DEFAULT_IDLE_TIMEOUT_S = 300
 DEFAULT_PYTHON_VERSION = "3.12"
+MIN_CORES = 0.125
 MAX_LIFETIME_S = 24 * 3600
 # Where the image keeps the guest package (on PYTHONPATH), and where each box works.
 GUEST_ROOT = "/opt/rlm-guest"
@@ -152,6 +154,11 @@ def kernel_image(modal: Any, spec: SandboxSpec) -> Any:
     return image
 
 
+def modal_cores(cpus: float) -> float:
+    """Modal cores for ``cpus`` logical CPUs (Modal's smallest request is 0.125 core)."""
+    return max(MIN_CORES, cpus / 2)
+
+
 async def _app(modal: Any, name: str, environment: str | None) -> Any:
     cache = _apps.setdefault(modal, {})
     if (name, environment) not in cache:
@@ -188,7 +195,8 @@ class ModalSandbox(Backend):
             # from creation, is the backstop for a controller that died.
             "timeout": min(MAX_LIFETIME_S, math.ceil(spec.lifetime_s + spec.startup_timeout_s)),
             "idle_timeout": self.idle_timeout_s,
-            "cpu": (spec.cpus, spec.cpus),
+            # spec.cpus counts logical CPUs, as Docker does; Modal's unit is a physical core (2 logical).
+            "cpu": (modal_cores(spec.cpus), modal_cores(spec.cpus)),
             "memory": (spec.memory_mb, spec.memory_mb),
             "block_network": spec.network == "none",
         }

@@ -29,7 +29,8 @@ async def test_sandbox_is_created_locked_down(modal_fake) -> None:
         (sb,) = modal_fake.created
         kw = sb._kwargs
         assert kw["block_network"] is True
-        assert kw["cpu"] == (2.0, 2.0) and kw["memory"] == (3072, 3072)  # request = hard limit
+        assert kw["cpu"] == (1.0, 1.0)  # 2 logical CPUs are one Modal (physical) core
+        assert kw["memory"] == (3072, 3072)  # request = hard limit
         assert kw["idle_timeout"] == 120
         assert 600 <= kw["timeout"] <= 600 + spec.startup_timeout_s + 1
         assert kw["app"].name == "my-app" and kw["app"].environment_name == "staging"
