@@ -1,0 +1,120 @@
+"""SandboxPool: warm boxes handed out one per run, destroyed after it, refilled in the background.
+
+Runs on the local backend (every test run); tests/docker/test_pool_docker.py runs the same pool on
+Docker boxes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from sandboxes import SandboxSpec
+from sandboxes.errors import SandboxClosed, SandboxStartError
+from sandboxes.pool import SandboxPool
+from tests.conftest import box_processes
+
+SPEC = SandboxSpec(backend="local")
+
+
+async def echo(payload: Any) -> Any:
+    return payload
+
+
+async def test_fills_to_min_idle_and_hands_out_warm_boxes() -> None:
+    async with SandboxPool(SPEC, min_idle=2, max_total=4) as pool:
+        await pool.wait_ready(timeout=60)
+        assert pool.idle == 2
+        async with pool.sandbox(handlers={"echo": echo}) as box:
+            assert pool.in_use == 1
+            r = await box.execute("from sandboxes.guest.runtime import call\nprint(call('echo', 'bound'))")
+            assert r.status == "ok" and r.stdout == "bound\n"
+        assert pool.in_use == 0
+        await pool.wait_ready(timeout=60)  # refilled in the background
+        assert pool.idle == 2
+
+
+async def test_a_box_serves_one_run_and_is_destroyed_after_it() -> None:
+    async with SandboxPool(SPEC, min_idle=1, max_total=2) as pool:
+        await pool.wait_ready(timeout=60)
+        async with pool.sandbox() as first:
+            await first.execute("secret = 'run one'")
+            first_id = first.box_id
+        assert box_processes(first_id) == []
+        with pytest.raises(SandboxClosed):
+            await first.execute("1")
+        async with pool.sandbox() as second:
+            assert second.box_id != first_id
+            r = await second.execute("print('secret' in globals())")
+            assert r.stdout == "False\n"
+
+
+async def test_never_more_than_max_total_and_waiters_get_freed_slots() -> None:
+    async with SandboxPool(SPEC, min_idle=0, max_total=2) as pool:
+        a = await pool.acquire()
+        b = await pool.acquire()
+        assert pool.total == 2
+        with pytest.raises(TimeoutError):
+            await pool.acquire(timeout=0.5)
+        waiter = asyncio.create_task(pool.acquire(timeout=60))
+        await asyncio.sleep(0.2)
+        assert not waiter.done()
+        await pool.release(a)
+        c = await asyncio.wait_for(waiter, 60)
+        assert c.box_id not in (a.box_id, b.box_id)
+        assert pool.total <= 2
+        await pool.release(b)
+        await pool.release(c)
+
+
+async def test_close_destroys_idle_and_handed_out_boxes() -> None:
+    pool = SandboxPool(SPEC, min_idle=2, max_total=3)
+    await pool.start()
+    await pool.wait_ready(timeout=60)
+    held = await pool.acquire()
+    ids = [held.box_id]
+    await pool.close()
+    assert pool.total == 0
+    for box_id in ids:
+        assert box_processes(box_id) == []
+    with pytest.raises(SandboxClosed):
+        await pool.acquire()
+
+
+async def test_dead_idle_box_is_not_handed_out() -> None:
+    async with SandboxPool(SPEC, min_idle=1, max_total=3) as pool:
+        await pool.wait_ready(timeout=60)
+        victim = pool._idle[0][1]
+        await victim.backend.destroy()  # the box dies while waiting
+        async with pool.sandbox() as box:
+            assert box is not victim
+            assert (await box.execute("1 + 1")).display == [{"text/plain": "2"}]
+
+
+async def test_start_failures_reach_the_caller_and_the_refill_backs_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sandboxes.pool import Sandbox
+
+    attempts: list[float] = []
+
+    async def failing_start(*args: Any, **kwargs: Any) -> Any:
+        attempts.append(asyncio.get_running_loop().time())
+        raise SandboxStartError("the engine is down (test)")
+
+    monkeypatch.setattr(Sandbox, "start", failing_start)
+    async with SandboxPool(SPEC, min_idle=1, max_total=2) as pool:
+        with pytest.raises(SandboxStartError, match="engine is down"):
+            await pool.acquire(timeout=30)
+        await asyncio.sleep(2.0)
+        assert isinstance(pool.last_error, SandboxStartError)
+        assert pool.total == 0
+        # Backing off: a handful of attempts in two seconds, not a busy loop.
+        assert 2 <= len(attempts) <= 6, attempts
+
+
+def test_rejects_nonsense_sizes() -> None:
+    with pytest.raises(ValueError):
+        SandboxPool(SPEC, min_idle=3, max_total=2)
+    with pytest.raises(ValueError):
+        SandboxPool(SPEC, min_idle=0, max_total=0)
