@@ -26,44 +26,59 @@ Send = Callable[[bytes], Awaitable[None]]
 # Largest single stdin request. Modal's stdin buffer refuses more than 2 MiB between drains; E2B
 # sends each piece as one RPC. A protocol line (up to 8 MiB) is sent as several pieces in a row.
 DEFAULT_MAX_WRITE = 1 << 20
+# Written but not yet sent; past this ``write`` waits (backpressure on the channel).
+DEFAULT_MAX_PENDING = 8 << 20
 # Stdout read but not yet consumed by the channel; past this the feeder waits (backpressure).
 DEFAULT_MAX_BUFFERED = 32 << 20
+# On close, how long queued messages (the agent's ``shutdown``) get to go out.
+CLOSE_FLUSH_S = 2.0
 
 
 class TextStream(ByteStream):
     """Bytes out through ``send`` in bounded pieces; text in through ``feed``, out of ``read``.
 
-    ``send`` is called with one piece at a time, never concurrently, so pieces of two messages never
-    interleave. The inbound side is fed by whoever reads the provider's stdout (a pump task, or an
-    SDK callback) and ended with ``feed_eof`` when that stdout ends.
+    Outbound, ``write`` queues a message and returns (waiting only while much is queued), and one
+    sender task sends the queue: whole messages, several at once when they fit in one piece, one
+    piece at a time. Every piece is a request to the provider, a network round trip, so joining the
+    replies to a thousand guest calls into a few pieces is what keeps a busy box fast. A message is
+    never sent in part and pieces never interleave, whoever cancels what.
 
-    ``keepalive``: when set, a bare newline is sent after that many seconds without a write. The agent
-    skips blank lines; providers that reap boxes whose stdin has gone quiet (Modal's idle_timeout)
-    then reap exactly the boxes whose controller is gone.
+    Inbound, the stream is fed by whoever reads the provider's stdout (a pump task, or an SDK
+    callback) and ended with ``feed_eof`` when that stdout ends.
+
+    ``keepalive``: when set, a bare newline is sent after that many seconds with nothing sent. The
+    agent skips blank lines; providers that reap boxes whose stdin has gone quiet (Modal's
+    idle_timeout) then reap exactly the boxes whose controller is gone.
     """
 
     def __init__(self, send: Send, *, max_write: int = DEFAULT_MAX_WRITE,
-                 max_buffered: int = DEFAULT_MAX_BUFFERED, keepalive: float | None = None) -> None:
-        if max_write <= 0 or max_buffered <= 0:
-            raise ValueError("max_write and max_buffered must be positive")
+                 max_pending: int = DEFAULT_MAX_PENDING, max_buffered: int = DEFAULT_MAX_BUFFERED,
+                 keepalive: float | None = None) -> None:
+        if max_write <= 0 or max_pending <= 0 or max_buffered <= 0:
+            raise ValueError("max_write, max_pending and max_buffered must be positive")
+        if keepalive is not None and keepalive <= 0:
+            raise ValueError("keepalive must be positive")
         self._send = send
         self._max_write = max_write
+        self._max_pending = max_pending
         self._max_buffered = max_buffered
+        self._keepalive = keepalive
+        # inbound
         self._chunks: collections.deque[bytes] = collections.deque()
         self._buffered = 0
         self._eof = False
-        self._closed = False
         self._changed = asyncio.Condition()
-        self._write_lock = asyncio.Lock()
-        self._at_line_start = True
-        self._last_write = asyncio.get_running_loop().time()
-        self._keepalive_task: asyncio.Task[None] | None = None
+        # outbound
+        self._outbox: collections.deque[bytes] = collections.deque()
+        self._pending = 0
+        self._sending = False
+        self._out_changed = asyncio.Condition()
+        self._failure: str | None = None
+        self._closed = False
         self.bytes_in = 0
         self.bytes_out = 0
-        if keepalive is not None:
-            if keepalive <= 0:
-                raise ValueError("keepalive must be positive")
-            self._keepalive_task = asyncio.create_task(self._keepalive(keepalive))
+        self.sends = 0
+        self._sender = asyncio.create_task(self._send_loop(), name="textstream-sender")
 
     # --- inbound: provider stdout -> channel --------------------------------------------------
 
@@ -106,40 +121,84 @@ class TextStream(ByteStream):
     # --- outbound: channel -> provider stdin --------------------------------------------------
 
     async def write(self, data: bytes) -> None:
-        if self._closed:
-            raise ConnectionResetError("the stream to the agent is closed")
-        view = memoryview(data)
-        async with self._write_lock:
-            for start in range(0, len(view), self._max_write):
-                piece = bytes(view[start : start + self._max_write])
-                await self._send(piece)
-                self.bytes_out += len(piece)
-            if len(view):
-                self._at_line_start = view[-1] == 0x0A
-            self._last_write = asyncio.get_running_loop().time()
+        async with self._out_changed:
+            await self._out_changed.wait_for(
+                lambda: self._closed or self._failure is not None or self._pending < self._max_pending)
+            if self._failure is not None:
+                raise ConnectionResetError(self._failure)
+            if self._closed:
+                raise ConnectionResetError("the stream to the agent is closed")
+            if data:
+                self._outbox.append(bytes(data))
+                self._pending += len(data)
+                self._out_changed.notify_all()
 
-    async def _keepalive(self, every: float) -> None:
-        loop = asyncio.get_running_loop()
-        while not self._closed:
-            quiet = loop.time() - self._last_write
-            if quiet < every:
-                await asyncio.sleep(every - quiet)
-                continue
-            async with self._write_lock:
-                # Only between lines: a newline inside a message would cut it in two.
-                if self._at_line_start and not self._closed:
-                    try:
-                        await self._send(b"\n")
-                    except Exception:
-                        return  # the box is gone; the reader side reports it
-                self._last_write = loop.time()
+    def _take_batch(self) -> bytes:
+        """Whole queued messages, as many as fit in one piece (at least one)."""
+        parts = [self._outbox.popleft()]
+        size = len(parts[0])
+        while self._outbox and size + len(self._outbox[0]) <= self._max_write:
+            size += len(self._outbox[0])
+            parts.append(self._outbox.popleft())
+        return b"".join(parts)
+
+    async def _send_loop(self) -> None:
+        while True:
+            async with self._out_changed:
+                try:
+                    async with asyncio.timeout(self._keepalive):
+                        await self._out_changed.wait_for(lambda: self._outbox or self._closed)
+                except TimeoutError:
+                    pass
+                if self._closed and not self._outbox:
+                    return
+                batch = self._take_batch() if self._outbox else b"\n"  # nothing queued: keepalive
+                self._sending = True
+            try:
+                view = memoryview(batch)
+                for start in range(0, len(view), self._max_write):
+                    await self._send(bytes(view[start : start + self._max_write]))
+                    self.sends += 1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                reason = str(exc) or exc.__class__.__name__
+                async with self._out_changed:
+                    self._failure = f"sending to the agent failed: {reason}"
+                    self._outbox.clear()
+                    self._pending = 0
+                    self._sending = False
+                    self._out_changed.notify_all()
+                return
+            async with self._out_changed:
+                self.bytes_out += len(batch)
+                if batch != b"\n":
+                    self._pending -= len(batch)
+                self._sending = False
+                self._out_changed.notify_all()
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything written has been sent (or sending failed). False on timeout."""
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._out_changed:
+                    await self._out_changed.wait_for(
+                        lambda: self._failure is not None or (not self._outbox and not self._sending))
+        except TimeoutError:
+            return False
+        return self._failure is None
 
     async def close(self) -> None:
+        if not self._closed and self._failure is None:
+            await self.flush(CLOSE_FLUSH_S)  # e.g. the agent's shutdown message
         self._closed = True
-        if self._keepalive_task is not None:
-            self._keepalive_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._keepalive_task
+        self._sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._sender
+        async with self._out_changed:
+            self._outbox.clear()
+            self._pending = 0
+            self._out_changed.notify_all()
         async with self._changed:
             self._chunks.clear()
             self._buffered = 0

@@ -57,6 +57,8 @@ BOX_ROOT = "/tmp/rlm-box-{box_id}"
 STDERR_TAIL = 16 * 1024
 SDK_TIMEOUT_S = 30.0
 DIAGNOSE_WAIT_S = 3.0
+# Modal's stdin takes at most 2 MiB between two drains (modal.io_streams.MAX_BUFFER_SIZE).
+MAX_STDIN_WRITE = 2 * 1024 * 1024
 
 # Every SDK name this module touches, with every keyword it passes. tests/cloud holds this table
 # against the installed SDK and against the fake; ``_sdk`` checks it before the first box.
@@ -231,7 +233,7 @@ class ModalSandbox(Backend):
         self.sandbox_id = self.sandbox.object_id
         log.debug("modal_sandbox_created", box_id=self.box_id, sandbox_id=self.sandbox_id)
         keepalive = max(1.0, self.idle_timeout_s / 4)
-        self.stream = TextStream(self._send, keepalive=keepalive)
+        self.stream = TextStream(self._send, max_write=MAX_STDIN_WRITE, keepalive=keepalive)
         self.pumps = [asyncio.create_task(self._pump_stdout(self.stream), name=f"modal-stdout-{self.box_id}"),
                       asyncio.create_task(self._pump_stderr(), name=f"modal-stderr-{self.box_id}")]
         return self.stream

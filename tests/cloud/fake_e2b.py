@@ -34,7 +34,10 @@ _pids = itertools.count(1000)
 # Every sandbox created, in order, for tests to inspect.
 created: list["AsyncSandbox"] = []
 boxes: dict[str, "AsyncSandbox"] = {}
-settings: dict[str, Any] = {"max_chunk": 8192, "fail_create": None}
+# Knobs tests may turn: stdout chunk size, a create failure, the round trip of each stdin request.
+settings: dict[str, Any] = {"max_chunk": 8192, "fail_create": None, "stdin_latency": 0.0}
+# Stdin requests served (drains / send_stdin calls), for tests of how writes are batched.
+counters: dict[str, int] = {"stdin_requests": 0}
 
 
 class SandboxException(Exception):
@@ -146,6 +149,9 @@ class Commands:
             raise SandboxException(f"process with pid {pid} not found")
         if not handle._stdin:
             raise SandboxException("the command was started without stdin=True")
+        counters["stdin_requests"] += 1
+        if settings["stdin_latency"]:
+            await asyncio.sleep(settings["stdin_latency"])
         await handle._process.write(data.encode() if isinstance(data, str) else data)
 
 
@@ -290,6 +296,7 @@ def install(monkeypatch: Any) -> types.ModuleType:
     module = sys.modules[__name__]
     created.clear()
     boxes.clear()
-    settings.update({"max_chunk": 8192, "fail_create": None})
+    settings.update({"max_chunk": 8192, "fail_create": None, "stdin_latency": 0.0})
+    counters["stdin_requests"] = 0
     monkeypatch.setitem(sys.modules, "e2b", module)
     return module

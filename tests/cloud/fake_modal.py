@@ -34,8 +34,10 @@ _ids = itertools.count(1)
 # Every sandbox created, in order, for tests to inspect (kwargs passed, the process, ...).
 created: list["Sandbox"] = []
 apps: dict[tuple[str, str | None], "App"] = {}
-# Knobs tests may turn.
-settings: dict[str, Any] = {"max_chunk": 8192, "fail_create": None}
+# Knobs tests may turn: stdout chunk size, a create failure, the round trip of each stdin request.
+settings: dict[str, Any] = {"max_chunk": 8192, "fail_create": None, "stdin_latency": 0.0}
+# Stdin requests served (drains / send_stdin calls), for tests of how writes are batched.
+counters: dict[str, int] = {"stdin_requests": 0}
 
 
 class _Aio:
@@ -167,6 +169,9 @@ class StreamWriter:
         self._buffer.clear()
         if self._box._terminated:
             raise ValueError("Sandbox has terminated; stdin is closed")
+        counters["stdin_requests"] += 1
+        if settings["stdin_latency"]:
+            await asyncio.sleep(settings["stdin_latency"])
         await self._box._process.write(data)
 
 
@@ -306,6 +311,7 @@ def install(monkeypatch: Any) -> types.ModuleType:
     module = sys.modules[__name__]
     created.clear()
     apps.clear()
-    settings.update({"max_chunk": 8192, "fail_create": None})
+    settings.update({"max_chunk": 8192, "fail_create": None, "stdin_latency": 0.0})
+    counters["stdin_requests"] = 0
     monkeypatch.setitem(sys.modules, "modal", module)
     return module

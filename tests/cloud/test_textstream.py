@@ -53,10 +53,55 @@ async def test_writes_are_split_and_never_interleave() -> None:
     a = b"A" * 4500 + b"\n"
     b = b"B" * 3000 + b"\n"
     await asyncio.gather(stream.write(a), stream.write(b))
+    assert await stream.flush(5)
     assert all(len(p) <= 1000 for p in sent)
     joined = b"".join(sent)
     assert joined in (a + b, b + a)
     await stream.close()
+
+
+async def test_small_messages_are_coalesced_into_few_sends() -> None:
+    """Each send is a provider round trip: a burst of replies must not cost one round trip each."""
+    sent: list[bytes] = []
+
+    async def slow_send(piece: bytes) -> None:
+        sent.append(piece)
+        await asyncio.sleep(0.01)
+
+    stream = TextStream(slow_send, max_write=64 * 1024)
+    messages = [protocol.encode({"type": "reply", "to": f"k{i}", "ok": True, "value": i}) for i in range(1000)]
+    for message in messages:
+        await stream.write(message)
+    assert await stream.flush(10)
+    assert b"".join(sent) == b"".join(messages)
+    assert len(sent) <= 5, len(sent)
+    assert all(piece.endswith(b"\n") for piece in sent)  # whole messages per send when they fit
+    await stream.close()
+
+
+async def test_a_failed_send_fails_later_writes() -> None:
+    async def broken(piece: bytes) -> None:
+        raise RuntimeError("sandbox terminated")
+
+    stream = TextStream(broken)
+    await stream.write(b"first\n")
+    assert not await stream.flush(1)
+    with pytest.raises(ConnectionError, match="sandbox terminated"):
+        await stream.write(b"second\n")
+    await stream.close()
+
+
+async def test_close_flushes_what_was_written() -> None:
+    sent: list[bytes] = []
+
+    async def send(piece: bytes) -> None:
+        await asyncio.sleep(0.05)
+        sent.append(piece)
+
+    stream = TextStream(send)
+    await stream.write(b'{"type":"shutdown"}\n')
+    await stream.close()
+    assert sent == [b'{"type":"shutdown"}\n']
 
 
 async def test_feed_waits_when_the_reader_falls_behind() -> None:
@@ -88,11 +133,11 @@ async def test_keepalive_only_between_lines() -> None:
     await asyncio.sleep(0.2)
     assert sent and set(sent) == {b"\n"}  # idle: newlines go out
     sent.clear()
-    writing = asyncio.create_task(stream.write(b'{"a":1}\n'))
-    await asyncio.sleep(0.2)  # the write is stuck mid-message: no newline may slip in
+    await stream.write(b'{"a":1}\n')
+    await asyncio.sleep(0.2)  # the send is stuck mid-message: no newline may slip in
     assert sent == [b'{"a":1}\n']
     gate.set()
-    await writing
+    assert await stream.flush(1)
     await stream.close()
 
 
