@@ -24,6 +24,16 @@ DEFAULT_MODELS = {"openai": "gpt-5-mini", "anthropic": "claude-sonnet-4-5"}
 DEFAULT_SUB_MODELS = {"openai": "gpt-5-nano", "anthropic": "claude-haiku-4-5"}
 
 
+class _CurrentStderr:
+    """Whatever ``sys.stderr`` is at the time of writing (it may be replaced after configuration)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(verbose: bool) -> None:
     """Operational logs (structlog) to stderr: warnings by default, everything with --verbose."""
     import structlog
@@ -31,7 +41,7 @@ def configure_logging(verbose: bool) -> None:
     level = logging.DEBUG if verbose else logging.WARNING
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
     )
 
 

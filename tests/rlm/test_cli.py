@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import structlog
+
 from rlm import cli, demo
 from rlm.testing import Script, split
+
+
+@pytest.fixture(autouse=True)
+def keep_logging_config():
+    """The CLI configures structlog for the process; put the test suite's configuration back."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 def test_rlm_run_prints_the_answer_on_stdout_and_progress_on_stderr(server, tmp_path, capsys, monkeypatch,
