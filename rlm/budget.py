@@ -115,7 +115,10 @@ class Limits:
     max_tokens: int | None = None  # input + output, all models
     max_cost_usd: float | None = None
     max_wall_s: float | None = 3600.0
-    cell_timeout_s: float = 120.0  # per REPL cell; a cell that runs past it ends the run
+    cell_timeout_s: float = 120.0  # per REPL cell; the cell is stopped and the model is told
+    # Cells of one RLM that may run past cell_timeout_s; the next one ends the run (status
+    # "cell_timeout_s"). One slow cell is the model's to fix, not a reason to lose the run.
+    max_cell_timeouts: int = 3
     model_timeout_s: float = 300.0  # per model request attempt
     max_retries: int = 4  # per model call, on 429, 5xx, timeouts and dropped connections
     max_output_tokens: int = 16384  # output cap sent with each model call
@@ -130,7 +133,7 @@ class Limits:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"Limits.{name} must be positive or None (no limit)")
-        for name in ("cell_timeout_s", "model_timeout_s", "max_output_tokens", "max_concurrency",
+        for name in ("cell_timeout_s", "max_cell_timeouts", "model_timeout_s", "max_output_tokens", "max_concurrency",
                      "max_concurrent_children", "max_output_chars"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"Limits.{name} must be positive")

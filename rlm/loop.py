@@ -62,6 +62,7 @@ class RLMNode:
         self.context = context
         self.root_prompt = root_prompt
         self.iteration = 0
+        self.cell_timeouts = 0
         # The latest answer["content"] the kernel reported, kept here so that a run cut short (limit,
         # lost sandbox) still has its best partial answer.
         self.draft: str | None = None
@@ -293,11 +294,16 @@ class RLMNode:
             if clock_bound:
                 raise tree.budget.trip("max_wall_s", f"the run reached its wall-clock limit of "
                                                      f"{tree.limits.max_wall_s:g} s during a cell")
-            raise _Stop("cell_timeout_s", f"a cell ran past the per-cell timeout of {timeout:g} s")
+            self.cell_timeouts += 1
+            if self.cell_timeouts > tree.limits.max_cell_timeouts:
+                raise _Stop("cell_timeout_s", f"{self.cell_timeouts} cells ran past the per-cell timeout of "
+                                              f"{timeout:g} s (Limits.max_cell_timeouts={tree.limits.max_cell_timeouts})")
         if result.status == "sandbox_lost":
             raise _Stop("error", f"the sandbox was lost: {result.notice or _error_text(result)}")
-        report = prompts.cell_report(index, total, result.status, output, result.duration_s,
-                                     tree.limits.max_output_chars)
+        report = prompts.cell_report(index, total, "timeout" if timed_out else result.status, output,
+                                     result.duration_s, tree.limits.max_output_chars)
+        if timed_out:
+            report += "\n" + prompts.CELL_TIMED_OUT.format(timeout=timeout)
         if result.status in ("kernel_restarted", "oom"):
             why = "out of memory" if result.status == "oom" else "the cell would not stop"
             await self._setup(box)

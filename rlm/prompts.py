@@ -120,6 +120,10 @@ UNCLOSED = (
     "A ```{lang} block in your reply was never closed, so it was not run. Close every code block with ``` "
     "on its own line (and keep replies short enough to finish)."
 )
+CELL_TIMED_OUT = (
+    "That block ran past the {timeout:g} s limit per block and was stopped. Do the work in smaller "
+    "steps, or use llm_query_batched / rlm_query_batched to run sub-calls concurrently."
+)
 TOO_EARLY = (
     "A final answer was not accepted: you have not yet seen the output of code that looked at the context. "
     "Inspect `context` first, then answer."

@@ -34,7 +34,21 @@ def box_processes(box_id: str | None = None) -> list[int]:
 
 @pytest.fixture(autouse=True, scope="session")
 def no_leftover_box_processes():
-    before = set(box_processes())
-    yield
-    left = set(box_processes()) - before
-    assert not left, f"sandbox processes left running after the tests: {sorted(left)}"
+    """Every box this test session registered must have no process left when the session ends
+    (other sessions' boxes on the same machine are not ours to judge)."""
+    from sandboxes import cleanup
+
+    ours: set[str] = set()
+    register = cleanup.register
+
+    def recording_register(backend):
+        ours.add(backend.box_id)
+        register(backend)
+
+    cleanup.register = recording_register
+    try:
+        yield
+    finally:
+        cleanup.register = register
+    left = {box: pids for box in ours if (pids := box_processes(box))}
+    assert not left, f"sandbox processes left running after the tests: {left}"

@@ -312,11 +312,24 @@ def test_max_wall_s_ends_a_slow_model(server, make_rlm):
     assert time.monotonic() - started < 15
 
 
-def test_cell_timeout_ends_the_run(server, make_rlm):
-    server.policy = policy(LOOK, "```repl\nimport time\ntime.sleep(30)\n```")
+def test_a_timed_out_cell_is_reported_and_the_run_goes_on(server, make_rlm):
+    server.policy = policy(LOOK, "```repl\nanswer['content'] = 'partial'\nimport time\ntime.sleep(30)\n```",
+                           "FINAL(recovered)")
     started = time.monotonic()
-    result = make_rlm(limits=Limits(cell_timeout_s=3, max_wall_s=60)).completion("ctx")
+    result = make_rlm(limits=Limits(cell_timeout_s=2, max_wall_s=60)).completion("ctx")
+    assert (result.status, result.response) == ("final", "recovered"), result.message
+    assert time.monotonic() - started < 20
+    told = root_requests(server)[-1].messages[-1]["content"]
+    assert "[timeout" in told and "ran past the 2 s limit" in told
+
+
+def test_repeated_cell_timeouts_end_the_run(server, make_rlm):
+    slow = "```repl\nanswer['content'] = 'partial'\nimport time\ntime.sleep(30)\n```"
+    server.policy = policy(LOOK, slow, slow)
+    started = time.monotonic()
+    result = make_rlm(limits=Limits(cell_timeout_s=2, max_cell_timeouts=1, max_wall_s=60)).completion("ctx")
     assert result.status == "cell_timeout_s", result.message
+    assert result.response == "partial"
     assert time.monotonic() - started < 20
 
 
