@@ -84,6 +84,7 @@ SDK_SURFACE: tuple[SdkCall, ...] = (
 
 # Per SDK module (the real one, or a test's fake): the check's verdict, apps looked up, images defined.
 _checked: "weakref.WeakKeyDictionary[Any, list[str]]" = weakref.WeakKeyDictionary()
+# An app entry is the app, or the lookup in flight (a Future of it).
 _apps: "weakref.WeakKeyDictionary[Any, dict[tuple[str, str | None], Any]]" = weakref.WeakKeyDictionary()
 _images: "weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], Any]]" = weakref.WeakKeyDictionary()
 
@@ -162,11 +163,20 @@ def modal_cores(cpus: float) -> float:
 
 
 async def _app(modal: Any, name: str, environment: str | None) -> Any:
+    """The app, looked up once per process: boxes started together share one lookup (a first
+    ``create_if_missing`` from many boxes at once would otherwise race to create it)."""
     cache = _apps.setdefault(modal, {})
-    if (name, environment) not in cache:
-        cache[(name, environment)] = await asyncio.wait_for(
-            modal.App.lookup.aio(name=name, create_if_missing=True, environment_name=environment), SDK_TIMEOUT_S)
-    return cache[(name, environment)]
+    key = (name, environment)
+    entry = cache.get(key)
+    if entry is None or (isinstance(entry, asyncio.Future) and (
+            entry.get_loop() is not asyncio.get_running_loop() or (entry.done() and entry.exception()))):
+        entry = cache[key] = asyncio.ensure_future(asyncio.wait_for(
+            modal.App.lookup.aio(name=name, create_if_missing=True, environment_name=environment), SDK_TIMEOUT_S))
+    if isinstance(entry, asyncio.Future):
+        app = await asyncio.shield(entry)
+        cache[key] = app
+        return app
+    return entry
 
 
 class ModalSandbox(Backend):

@@ -24,6 +24,9 @@ from pathlib import Path
 from typing import AsyncIterator
 
 MARKER_ENV = "FAKE_PROVIDER_BOX"
+# Marker values start with the test process's pid, so two test sessions on one machine never kill
+# (or count) each other's boxes.
+MARKER_PREFIX = f"{os.getpid()}:"
 
 
 def python_bin_dir(root: Path) -> Path:
@@ -52,6 +55,10 @@ class BoxProcess:
         self.chunks_delivered = 0
         self.last_stdin = time.monotonic()
 
+    @property
+    def marker(self) -> str:
+        return f"{MARKER_PREFIX}{self.box_id}"
+
     @classmethod
     def new_root(cls) -> Path:
         return Path(tempfile.mkdtemp(prefix="fake-box-"))
@@ -62,13 +69,13 @@ class BoxProcess:
             "HOME": str(self.root / "home"),
             "TMPDIR": str(self.root / "tmp"),
             "LANG": "C.UTF-8",
-            MARKER_ENV: self.box_id,
+            MARKER_ENV: self.marker,
         }
 
     async def start(self, argv: list[str], env: dict[str, str], cwd: str | None = None) -> None:
         (self.root / "home").mkdir(parents=True, exist_ok=True)
         (self.root / "tmp").mkdir(parents=True, exist_ok=True)
-        full_env = {**self.base_env(), **env, MARKER_ENV: self.box_id}
+        full_env = {**self.base_env(), **env, MARKER_ENV: self.marker}
         self.proc = await asyncio.create_subprocess_exec(
             *argv, env=full_env, cwd=cwd or str(self.root),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
@@ -113,7 +120,7 @@ class BoxProcess:
                     yield text
 
     def box_pids(self) -> set[int]:
-        marker = f"{MARKER_ENV}={self.box_id}".encode()
+        marker = f"{MARKER_ENV}={self.marker}".encode()
         pids: set[int] = set()
         for entry in os.scandir("/proc"):
             if not entry.name.isdigit():

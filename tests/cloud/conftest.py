@@ -9,11 +9,11 @@ from typing import Iterator
 import pytest
 
 from tests.cloud import fake_e2b, fake_modal
-from tests.cloud.boxproc import MARKER_ENV
+from tests.cloud.boxproc import MARKER_ENV, MARKER_PREFIX
 
 
 def fake_box_processes() -> list[int]:
-    marker = f"{MARKER_ENV}=".encode()
+    marker = f"{MARKER_ENV}={MARKER_PREFIX}".encode()  # this test session's fake boxes only
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():

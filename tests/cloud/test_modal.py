@@ -149,3 +149,23 @@ async def test_refused_create_says_what_to_check(modal_fake) -> None:
         async with open_sandbox(SandboxSpec(backend="modal")):
             pass
     assert "modal token new" in str(info.value) and "Could not authenticate" in str(info.value)
+
+
+async def test_boxes_started_together_share_one_app_lookup(modal_fake, monkeypatch) -> None:
+    lookups = []
+    original = modal_fake.App.lookup.aio
+
+    async def counting(name, *, environment_name=None, create_if_missing=False):
+        lookups.append(name)
+        await asyncio.sleep(0.05)
+        return await original(name, environment_name=environment_name, create_if_missing=create_if_missing)
+
+    monkeypatch.setattr(modal_fake.App, "lookup", modal_fake.aio_static(counting))
+    spec = SandboxSpec(backend="modal", options={"app_name": "shared-lookup"})
+
+    async def one() -> str:
+        async with open_sandbox(spec) as box:
+            return (await box.execute("1")).status
+
+    assert await asyncio.gather(*[one() for _ in range(4)]) == ["ok"] * 4
+    assert lookups == ["shared-lookup"]

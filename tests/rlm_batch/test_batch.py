@@ -12,9 +12,11 @@ import collections
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -208,36 +210,64 @@ def batch_command(tasks: Path, out: Path, server: FakeLLMServer, *extra: str) ->
             "--base-url", server.openai_base_url, "--max-iterations", "4", *extra]
 
 
-def batch_env() -> dict[str, str]:
+def batch_env(box_tmp: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ANTHROPIC_"))}
     env["OPENAI_API_KEY"] = "test-key"
     env["PYTHONPATH"] = str(ROOT)
+    env["TMPDIR"] = str(box_tmp)  # local boxes' folders go here: how the test finds them
     return env
 
 
-def wait_for_no_box_processes(deadline_s: float) -> list[int]:
+@pytest.fixture
+def box_tmp() -> Any:
+    """A short folder for the batch's TMPDIR (a box's socket path must fit in 107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="rlmb-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def boxes_of(tmp_path: Path, batch_pid: int) -> list[str]:
+    """Boxes the batch process started that still exist: local box processes (their environment
+    names folders under ``tmp_path``, the batch's TMPDIR) or Docker containers it owns."""
+    found = [f"pid {pid}" for pid in box_processes() if _environ_mentions(pid, str(tmp_path))]
+    if ENVIRONMENT == "docker":
+        listing = subprocess.run(["docker", "ps", "--filter", "label=org.rlm-sandboxes.managed", "--format",
+                                  '{{.ID}} {{.Label "org.rlm-sandboxes.owner"}}'],
+                                 capture_output=True, text=True, timeout=30).stdout
+        found += [line for line in listing.splitlines() if f":{batch_pid}:" in line]
+    return found
+
+
+def _environ_mentions(pid: int, text: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return text.encode() in f.read()
+    except OSError:
+        return False
+
+
+def wait_for_no_boxes(tmp_path: Path, batch_pid: int, deadline_s: float) -> list[str]:
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
-        if not box_processes():
+        if not boxes_of(tmp_path, batch_pid):
             return []
         time.sleep(0.2)
-    return box_processes()
+    return boxes_of(tmp_path, batch_pid)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_200_tasks_killed_halfway_and_resumed(tmp_path: Path) -> None:
+def test_200_tasks_killed_halfway_and_resumed(tmp_path: Path, box_tmp: Path) -> None:
     n = 200
     tasks = write_tasks(tmp_path / "tasks.jsonl", [
         {"id": f"t{i:03d}", "question": f"How long is the context? TASK=t{i:03d}", "context": "word " * (100 + i)}
         for i in range(n)])
     out = tmp_path / "results.jsonl"
     policy = TaskPolicy()
-    leftover_before = set(box_processes())
     with FakeLLMServer(policy) as server:
         # First run: SIGKILL once about half the results are on disk.
         policy.phase = 1
-        proc = subprocess.Popen(batch_command(tasks, out, server), env=batch_env(), stdout=subprocess.DEVNULL,
+        proc = subprocess.Popen(batch_command(tasks, out, server), env=batch_env(box_tmp), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, cwd=tmp_path)
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
@@ -251,14 +281,14 @@ def test_200_tasks_killed_halfway_and_resumed(tmp_path: Path) -> None:
         done_first = {json.loads(line)["key"] for line in out.read_text().splitlines() if line.endswith("}")}
         assert n // 2 <= len(done_first) < n
         # The killed controller's boxes go away on their own (each agent exits when its channel closes).
-        assert not (set(wait_for_no_box_processes(60)) - leftover_before)
+        assert wait_for_no_boxes(box_tmp, proc.pid, 60) == []
 
         # Second run: the same command finishes the rest.
         policy.phase = 2
         started = time.monotonic()
         summary_path = tmp_path / "summary.json"
         second = subprocess.run(batch_command(tasks, out, server, "--summary-json", str(summary_path)),
-                                env=batch_env(), capture_output=True, text=True, cwd=tmp_path, timeout=800)
+                                env=batch_env(box_tmp), capture_output=True, text=True, cwd=tmp_path, timeout=800)
         resume_s = time.monotonic() - started
     assert second.returncode == 0, second.stderr[-3000:]
     results = read_results(out)
