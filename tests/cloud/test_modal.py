@@ -68,11 +68,11 @@ async def test_requirements_come_from_the_images_folder() -> None:
 
 
 async def test_keepalive_holds_off_idle_timeout_but_a_dead_controller_is_reaped(modal_fake) -> None:
-    spec = SandboxSpec(backend="modal", options={"idle_timeout_s": 2})
+    spec = SandboxSpec(backend="modal", options={"idle_timeout_s": 3})
     async with open_sandbox(spec) as box:
-        # A cell sends nothing on stdin for 5 s: twice the idle timeout. The stream's keepalive
-        # newlines count as activity, so Modal keeps the box.
-        r = await box.execute("import time\ntime.sleep(5)\nprint('done')", timeout=30)
+        # A cell sends nothing on stdin for 7 s: over twice the idle timeout. The stream's keepalive
+        # newlines (every second here) count as activity, so Modal keeps the box.
+        r = await box.execute("import time\ntime.sleep(7)\nprint('done')", timeout=30)
         assert r.status == "ok" and r.stdout == "done\n", r
         assert modal_fake.created[0].terminated_by is None
     # Now a controller that stops writing without terminating (it died): Modal reaps the box.
@@ -80,7 +80,7 @@ async def test_keepalive_holds_off_idle_timeout_but_a_dead_controller_is_reaped(
     stream = await backend.start()
     await stream.close()  # the keepalive stops with it; the box is not terminated
     sb = modal_fake.created[-1]
-    for _ in range(100):
+    for _ in range(200):
         if sb.terminated_by:
             break
         await asyncio.sleep(0.1)
