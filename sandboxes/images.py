@@ -262,10 +262,10 @@ def ensure_debian_base(client: Any, say: Log) -> str:
     return DEBIAN_BASE_IMAGE
 
 
-def _apt_mirror(suite: str) -> str | None:
+def _apt_mirror(suite: str, etc_apt: Path = Path("/etc/apt")) -> str | None:
     """The Debian mirror this host's apt already uses for ``suite``; None lets debootstrap choose."""
-    candidates: list[Path] = [Path("/etc/apt/sources.list")]
-    sources_d = Path("/etc/apt/sources.list.d")
+    candidates: list[Path] = [etc_apt / "sources.list"]
+    sources_d = etc_apt / "sources.list.d"
     if sources_d.is_dir():
         candidates += sorted(sources_d.iterdir())
     for path in candidates:

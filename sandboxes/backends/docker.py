@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import os
 import shutil
 import tempfile
@@ -114,7 +115,6 @@ def container_config(spec: SandboxSpec, box_id: str, channel_dir: str) -> dict[s
         "working_dir": BOX_WORKDIR,
         "environment": environment,
         "labels": labels,
-        "runtime": spec.runtime,
         "host_config": {
             "network_mode": "none" if spec.network == "none" else "bridge",
             "read_only": True,
@@ -221,7 +221,7 @@ class DockerSandbox(Backend):
         deadline = time.monotonic() + self.spec.startup_timeout_s
         accept = asyncio.ensure_future(self.listener.accept(self.spec.startup_timeout_s))
         try:
-            for pause in (*START_POLL_S, *([START_POLL_S[-1]] * 10_000)):
+            for pause in itertools.chain(START_POLL_S, itertools.repeat(START_POLL_S[-1])):
                 done, _ = await asyncio.wait({accept}, timeout=min(pause, max(0.0, deadline - time.monotonic())))
                 if done:
                     return accept.result()
@@ -231,7 +231,7 @@ class DockerSandbox(Backend):
                 if state is not None and not state.get("Running", False):
                     why = await self.diagnose() or f"the container stopped ({state.get('Status')})"
                     raise SandboxStartError(f"the box's agent exited before connecting: {why}")
-            raise TimeoutError
+            raise TimeoutError  # not reached: the poll above runs until the deadline
         finally:
             if not accept.done():
                 accept.cancel()
