@@ -101,17 +101,16 @@ def image_guest_version(client: Any, image: str) -> str | None:
 def check_image(client: Any, image: str) -> None:
     """Fail fast, before any container starts, when the image is missing or holds another guest."""
     found = image_guest_version(client, image)
+    command = BUILD_COMMAND + ("" if image == DEFAULT_IMAGE else f" --tag {image}")
     if found is None:
         raise SandboxUnavailable(
-            f"the kernel image {image!r} is not present on the Docker engine: build it with "
-            f"`{BUILD_COMMAND}`" + ("" if image == DEFAULT_IMAGE else f" --tag {image}")
+            f"the kernel image {image!r} is not present on the Docker engine: build it with `{command}`"
         )
     expected = guest_version()
     if found != expected:
         raise SandboxUnavailable(
             f"the kernel image {image!r} is stale: it holds guest version {found or 'unknown'!r} but this "
-            f"controller is {expected!r}; run `{BUILD_COMMAND}`"
-            + ("" if image == DEFAULT_IMAGE else f" --tag {image}")
+            f"controller is {expected!r}; run `{command}`"
         )
 
 
