@@ -337,10 +337,12 @@ async def run_batch(tasks_path: Path, results_path: Path, run_task: RunTask, *, 
                 return
             await one(pending.popleft())
 
-    workers = [asyncio.create_task(worker()) for _ in range(min(concurrency, len(pending)) or 0)]
+    workers = [asyncio.create_task(worker()) for _ in range(min(concurrency, len(pending)))]
     try:
         await asyncio.gather(*workers)
-    except asyncio.CancelledError:
+    except BaseException:
+        # Interrupted, or results can no longer be written (disk full): stop every run cleanly, so
+        # each closes its sandbox; what was written stays, and a rerun continues from there.
         summary.stopped = "interrupted"
         for w in workers:
             w.cancel()
@@ -433,6 +435,10 @@ def run_from_args(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("rlm batch: interrupted; finished results are saved, run the same command again to continue",
               file=sys.stderr)
+        return 3
+    except OSError as exc:
+        print(f"rlm batch: cannot write the results file {args.out}: {exc.strerror or exc}; results written "
+              "so far are kept, fix the problem and run the same command again", file=sys.stderr)
         return 3
     for line in summary.lines():
         print(line, file=sys.stderr)
