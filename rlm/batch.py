@@ -147,11 +147,11 @@ class ResultsFile:
         left by a kill, so the next append starts on a line of its own."""
         results: dict[str, dict[str, Any]] = {}
         try:
+            with open(self.path, "ab"):  # fail now, not after the first run, when it cannot be written
+                pass
             data = self.path.read_bytes()
-        except FileNotFoundError:
-            return results
         except OSError as exc:
-            raise BatchError(f"cannot read the results file {self.path}: {exc.strerror or exc}") from None
+            raise BatchError(f"cannot use the results file {self.path}: {exc.strerror or exc}") from None
         complete = data.rfind(b"\n") + 1
         if complete < len(data):
             with open(self.path, "r+b") as handle:

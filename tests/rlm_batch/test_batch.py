@@ -332,3 +332,13 @@ async def test_results_that_cannot_be_written_stop_the_batch_and_every_run(tmp_p
     with pytest.raises(OSError):
         await asyncio.wait_for(run_batch(tasks, out, runner, concurrency=4, progress=open(os.devnull, "w")), 10)
     assert cancelled == 3  # the other runs in flight were stopped, not left behind
+
+
+async def test_an_unwritable_results_path_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    tasks = write_tasks(tmp_path / "tasks.jsonl", [{"id": 1, "question": "q", "context": "x"}])
+
+    async def runner(task: Task) -> FakeResult:
+        raise AssertionError("nothing may run")
+
+    with pytest.raises(BatchError, match="cannot use the results file"):
+        await run_batch(tasks, tmp_path / "no" / "such" / "dir.jsonl", runner, progress=open(os.devnull, "w"))
