@@ -97,3 +97,26 @@ def test_doctor_checks_the_hardening_from_inside_boxes(capsys: pytest.CaptureFix
 def test_reap_dry_run_lists_without_removing(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["reap", "--dry-run", "--json"]) == 0
     assert isinstance(json.loads(capsys.readouterr().out), list)
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_build_from_a_base_image_present_on_the_engine(docker_client: Any) -> None:
+    """The registry path without a registry: a base that is already on the engine is used as is."""
+    from sandboxes.images import DEBIAN_BASE_IMAGE, build_image, image_guest_version
+
+    tag = "rlm-sandbox-kernel:from-local-base"
+    messages: list[str] = []
+    try:
+        result = build_image(tag=tag, base_image=DEBIAN_BASE_IMAGE, client=docker_client, log=messages.append)
+        assert result.base_image == DEBIAN_BASE_IMAGE
+        assert any("is present" in m for m in messages), messages
+        assert not any("pulling" in m for m in messages), messages
+        assert image_guest_version(docker_client, tag) == guest_version()
+        again = build_image(tag=tag, base_image=DEBIAN_BASE_IMAGE, client=docker_client)
+        assert again.reused and again.image_id == result.image_id
+    finally:
+        try:
+            docker_client.images.remove(tag, force=True)
+        except Exception:
+            pass
