@@ -143,11 +143,11 @@ def build_image(
     version = guest_version()
     key = _build_key(base_id, python_version, requirements)
 
+    try:
+        existing = client.images.get(tag)
+    except Exception:
+        existing = None
     if not force:
-        try:
-            existing = client.images.get(tag)
-        except Exception:
-            existing = None
         if existing is not None and (existing.labels or {}).get(BUILD_KEY_LABEL) == key:
             say(f"{tag} is up to date (guest {version}); nothing to build")
             return BuildResult(tag, existing.id, base, version, True, time.monotonic() - started)
@@ -158,6 +158,12 @@ def build_image(
         _fill_context(context, wheels)
         say(f"building {tag} from {base} (Python {python_version}, guest {version})")
         image_id = _docker_build(client, context, tag, base, version, key, say)
+    if existing is not None and existing.id != image_id:
+        # The image this tag named before: unused now unless a box still runs on it (then it stays).
+        try:
+            client.images.remove(existing.id)
+        except Exception:
+            pass
     say(f"built {tag} ({image_id[:19]}) in {time.monotonic() - started:.1f} s")
     return BuildResult(tag, image_id, base, version, False, time.monotonic() - started)
 
