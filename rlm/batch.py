@@ -395,24 +395,9 @@ def add_batch_parser(sub: argparse._SubParsersAction) -> None:
 
 def make_runner(args: argparse.Namespace) -> RunTask:
     """One RLM for the whole batch; each task is its own completion (own sandbox, own budget)."""
-    from rlm import RLM, Limits, RLMLogger
-    from rlm.cli import DEFAULT_MODELS, DEFAULT_SUB_MODELS, backend_kwargs
+    from rlm.cli import rlm_from_args
 
-    model = args.model or DEFAULT_MODELS[args.backend]
-    sub_model = args.sub_model or DEFAULT_SUB_MODELS[args.backend]
-    rlm = RLM(
-        backend=args.backend,
-        backend_kwargs=backend_kwargs(args.backend, model, args.base_url),
-        environment=args.sandbox,
-        max_depth=args.max_depth,
-        max_iterations=args.max_iterations,
-        other_backends=[args.backend],
-        other_backend_kwargs=[backend_kwargs(args.backend, sub_model, args.base_url)],
-        logger=RLMLogger(args.log_dir) if args.log_dir else None,
-        limits=Limits(max_cost_usd=args.max_cost_usd, max_tokens=args.max_tokens,
-                      max_llm_calls=args.max_llm_calls, max_wall_s=args.max_wall_s,
-                      cell_timeout_s=args.cell_timeout_s),
-    )
+    rlm = rlm_from_args(args)
 
     async def run(task: Task) -> Any:
         return await rlm.acompletion(task.context, root_prompt=task.question)

@@ -96,28 +96,33 @@ def backend_kwargs(backend: str, model: str, base_url: str | None) -> dict[str, 
     return kwargs
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def rlm_from_args(args: argparse.Namespace, *, verbose: bool = False) -> Any:
+    """The RLM that `rlm run` and `rlm batch` build from their shared options."""
     from rlm import RLM, Limits, RLMLogger
 
-    configure_logging(args.verbose)
-    context = read_context(args.context)
     model = args.model or DEFAULT_MODELS[args.backend]
     sub_model = args.sub_model or DEFAULT_SUB_MODELS[args.backend]
+    return RLM(
+        backend=args.backend,
+        backend_kwargs=backend_kwargs(args.backend, model, args.base_url),
+        environment=args.sandbox,
+        max_depth=args.max_depth,
+        max_iterations=args.max_iterations,
+        other_backends=[args.backend],
+        other_backend_kwargs=[backend_kwargs(args.backend, sub_model, args.base_url)],
+        logger=RLMLogger(args.log_dir) if args.log_dir else None,
+        verbose=verbose,
+        limits=Limits(max_cost_usd=args.max_cost_usd, max_tokens=args.max_tokens,
+                      max_llm_calls=args.max_llm_calls, max_wall_s=args.max_wall_s,
+                      cell_timeout_s=args.cell_timeout_s),
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    configure_logging(args.verbose)
+    context = read_context(args.context)
     try:
-        rlm = RLM(
-            backend=args.backend,
-            backend_kwargs=backend_kwargs(args.backend, model, args.base_url),
-            environment=args.sandbox,
-            max_depth=args.max_depth,
-            max_iterations=args.max_iterations,
-            other_backends=[args.backend],
-            other_backend_kwargs=[backend_kwargs(args.backend, sub_model, args.base_url)],
-            logger=RLMLogger(args.log_dir),
-            verbose=not args.quiet,
-            limits=Limits(max_cost_usd=args.max_cost_usd, max_tokens=args.max_tokens,
-                          max_llm_calls=args.max_llm_calls, max_wall_s=args.max_wall_s,
-                          cell_timeout_s=args.cell_timeout_s),
-        )
+        rlm = rlm_from_args(args, verbose=not args.quiet)
     except ValueError as exc:
         print(f"rlm: {exc}", file=sys.stderr)
         return 1

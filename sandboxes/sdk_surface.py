@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import types
+import weakref
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -182,3 +183,29 @@ def check_fake(fake: Any, surface: Iterable[SdkCall]) -> list[str]:
             if attr not in listed:
                 problems.append(f"fake {owner_path}.{attr} is not in the surface table")
     return problems
+
+
+# Per SDK module (the real one, or a test's fake): what check_sdk found.
+_verdicts: "weakref.WeakKeyDictionary[Any, list[str]]" = weakref.WeakKeyDictionary()
+
+
+def load_sdk(module_name: str, surface: Iterable[SdkCall], extra: str) -> Any:
+    """Import a provider SDK and check it offers ``surface`` (once per module object).
+
+    Raises SandboxUnavailable saying how to install, or upgrade to, a supported version.
+    """
+    from sandboxes.errors import SandboxUnavailable
+
+    install = f"pip install 'rlm-sandboxes[{extra}]'"
+    try:
+        sdk = importlib.import_module(module_name)
+    except ImportError:
+        raise SandboxUnavailable(f"the {extra} backend needs the {module_name} SDK: {install}") from None
+    if sdk not in _verdicts:
+        _verdicts[sdk] = check_sdk(sdk, surface)
+    if _verdicts[sdk]:
+        version = getattr(sdk, "__version__", "?")
+        raise SandboxUnavailable(
+            f"the installed {module_name} SDK ({version}) does not offer what this backend calls: "
+            + "; ".join(_verdicts[sdk][:5]) + f". Install a supported version: {install.replace('install', 'install -U', 1)}")
+    return sdk

@@ -3,33 +3,19 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import pytest
 import structlog
 
+from sandboxes.backends.local import MARKER_ENV, marked_processes
+
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
-MARKER = b"SANDBOX_BOX_ID="
-
-
 def box_processes(box_id: str | None = None) -> list[int]:
-    """PIDs of live processes that belong to a sandbox (all boxes, or one)."""
-    wanted = MARKER + box_id.encode() if box_id else MARKER
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/environ", "rb") as f:
-                env = f.read().split(b"\0")
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != b"Z" and any(v == wanted or (box_id is None and v.startswith(MARKER)) for v in env):
-            found.append(int(entry.name))
-    return found
+    """PIDs of live processes that belong to a local sandbox (all boxes, or one)."""
+    if box_id is None:
+        return sorted(marked_processes(f"{MARKER_ENV}=", prefix=True))
+    return sorted(marked_processes(f"{MARKER_ENV}={box_id}"))
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import math
 import shlex
-import weakref
 from typing import Any
 
 import structlog
@@ -40,13 +39,12 @@ from sandboxes.backends.base import Backend, ByteStream, agent_argv
 from sandboxes.box_tags import box_tags
 from sandboxes.errors import SandboxUnavailable
 from sandboxes.guest_bundle import guest_files
-from sandboxes.sdk_surface import SdkCall, check_sdk
+from sandboxes.sdk_surface import SdkCall, load_sdk
 from sandboxes.spec import SandboxSpec
 from sandboxes.textstream import DEFAULT_MAX_WRITE, OutputTail, TextStream
 
 log = structlog.get_logger("sandboxes.e2b")
 
-INSTALL_HINT = "pip install 'rlm-sandboxes[e2b]'"
 CREDENTIALS_HINT = "set E2B_API_KEY (from the E2B dashboard) in the controller's environment"
 DEFAULT_TEMPLATE = "code-interpreter-v1"
 MAX_LIFETIME_S = 24 * 3600
@@ -81,23 +79,11 @@ SDK_SURFACE: tuple[SdkCall, ...] = (
     SdkCall(f"{_HANDLE}.kill", "async"),
 )
 
-# Per SDK module (the real one, or a test's fake): the check's verdict.
-_checked: "weakref.WeakKeyDictionary[Any, list[str]]" = weakref.WeakKeyDictionary()
 
 
 def _sdk() -> Any:
     """The e2b module, after checking it offers everything this backend calls."""
-    try:
-        import e2b
-    except ImportError:
-        raise SandboxUnavailable(f"the E2B backend needs the e2b SDK: {INSTALL_HINT}") from None
-    if e2b not in _checked:
-        _checked[e2b] = check_sdk(e2b, SDK_SURFACE)
-    if _checked[e2b]:
-        raise SandboxUnavailable(
-            "the installed e2b SDK does not offer what this backend calls: " + "; ".join(_checked[e2b][:5])
-            + ". Install a supported version: pip install -U 'rlm-sandboxes[e2b]'")
-    return e2b
+    return load_sdk("e2b", SDK_SURFACE, "e2b")
 
 
 def _short(exc: BaseException) -> str:

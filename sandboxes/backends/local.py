@@ -44,6 +44,33 @@ def _minimal_env(home: Path, guest_root: Path, box_id: str, extra: dict[str, str
     return env
 
 
+def marked_processes(marker: str, *, prefix: bool = False, parents: dict[int, int] | None = None) -> set[int]:
+    """Live (not zombie) processes whose environment holds ``marker`` (``NAME=value``), or with
+    ``prefix`` a variable starting with it. Fills ``parents`` (pid -> ppid of every process) if given."""
+    wanted = marker.encode()
+    found: set[int] = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+            fields = stat[stat.rindex(b")") + 2 :].split()
+            if parents is not None:
+                parents[pid] = int(fields[1])
+            if fields[0] == b"Z":
+                continue
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if any(v.startswith(wanted) for v in env) if prefix else wanted in env:
+            found.add(pid)
+    found.discard(os.getpid())
+    return found
+
+
 class LocalSandbox(Backend):
     name = "local"
 
@@ -96,22 +123,8 @@ class LocalSandbox(Backend):
 
     def _box_pids(self) -> set[int]:
         """Every live process of this box: the agent's tree, and any carrying the box's marker."""
-        marker = f"{MARKER_ENV}={self.box_id}".encode()
-        pids: set[int] = set()
         parents: dict[int, int] = {}
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            pid = int(entry.name)
-            try:
-                with open(f"/proc/{pid}/stat", "rb") as f:
-                    stat = f.read()
-                parents[pid] = int(stat[stat.rindex(b")") + 2 :].split()[1])
-                with open(f"/proc/{pid}/environ", "rb") as f:
-                    if marker in f.read().split(b"\0"):
-                        pids.add(pid)
-            except (OSError, ValueError):
-                continue
+        pids = marked_processes(f"{MARKER_ENV}={self.box_id}", parents=parents)
         if self.proc is not None:
             frontier = {self.proc.pid}
             while frontier:

@@ -37,13 +37,12 @@ from sandboxes.backends.base import Backend, ByteStream, agent_argv
 from sandboxes.box_tags import box_tags
 from sandboxes.errors import SandboxUnavailable
 from sandboxes.guest_bundle import staged_guest
-from sandboxes.sdk_surface import SdkCall, check_sdk
+from sandboxes.sdk_surface import SdkCall, load_sdk
 from sandboxes.spec import SandboxSpec
 from sandboxes.textstream import OutputTail, TextStream
 
 log = structlog.get_logger("sandboxes.modal")
 
-INSTALL_HINT = "pip install 'rlm-sandboxes[modal]'"
 CREDENTIALS_HINT = ("configure Modal credentials: run `modal token new` (writes ~/.modal.toml) or set "
                     "MODAL_TOKEN_ID and MODAL_TOKEN_SECRET")
 DEFAULT_APP_NAME = "rlm-sandboxes"
@@ -82,8 +81,7 @@ SDK_SURFACE: tuple[SdkCall, ...] = (
     SdkCall("io_streams.StreamReader.__aiter__", "sync"),
 )
 
-# Per SDK module (the real one, or a test's fake): the check's verdict, apps looked up, images defined.
-_checked: "weakref.WeakKeyDictionary[Any, list[str]]" = weakref.WeakKeyDictionary()
+# Per SDK module (the real one, or a test's fake): apps looked up, images defined.
 # An app entry is the app, or the lookup in flight (a Future of it).
 _apps: "weakref.WeakKeyDictionary[Any, dict[tuple[str, str | None], Any]]" = weakref.WeakKeyDictionary()
 _images: "weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], Any]]" = weakref.WeakKeyDictionary()
@@ -91,18 +89,7 @@ _images: "weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], Any]]" = weakref.
 
 def _sdk() -> Any:
     """The modal module, after checking it offers everything this backend calls."""
-    try:
-        import modal
-    except ImportError:
-        raise SandboxUnavailable(f"the Modal backend needs the modal SDK: {INSTALL_HINT}") from None
-    if modal not in _checked:
-        _checked[modal] = check_sdk(modal, SDK_SURFACE)
-    if _checked[modal]:
-        version = getattr(modal, "__version__", "?")
-        raise SandboxUnavailable(
-            f"the installed modal SDK ({version}) does not offer what this backend calls: "
-            + "; ".join(_checked[modal][:5]) + ". Install a supported version: pip install -U 'rlm-sandboxes[modal]'")
-    return modal
+    return load_sdk("modal", SDK_SURFACE, "modal")
 
 
 def _short(exc: BaseException) -> str:

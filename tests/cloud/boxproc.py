@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import AsyncIterator
 
+from sandboxes.backends.local import marked_processes
+
 MARKER_ENV = "FAKE_PROVIDER_BOX"
 # Marker values start with the test process's pid, so two test sessions on one machine never kill
 # (or count) each other's boxes.
@@ -120,20 +122,9 @@ class BoxProcess:
                     yield text
 
     def box_pids(self) -> set[int]:
-        marker = f"{MARKER_ENV}={self.marker}".encode()
-        pids: set[int] = set()
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/environ", "rb") as f:
-                    if marker in f.read().split(b"\0"):
-                        pids.add(int(entry.name))
-            except OSError:
-                continue
+        pids = marked_processes(f"{MARKER_ENV}={self.marker}")
         if self.proc is not None and self.proc.returncode is None:
             pids.add(self.proc.pid)
-        pids.discard(os.getpid())
         return pids
 
     def kill_all(self) -> None:
