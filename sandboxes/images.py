@@ -34,6 +34,8 @@ DEFAULT_IMAGE = "rlm-sandbox-kernel:latest"
 DEBIAN_BASE_IMAGE = "rlm-sandbox-base:bookworm"
 DEBIAN_SUITE = "bookworm"
 DEBIAN_PACKAGES = ("python3", "python3-venv", "ca-certificates")
+# On the kernel image: the base it was built on, reused by later rebuilds.
+BASE_LABEL = f"{LABEL_PREFIX}.base-image"
 BUILD_COMMAND = "rlm sandbox build-image"
 
 Log = Callable[[str], None]
@@ -135,18 +137,22 @@ def build_image(
     say = log or (lambda message: None)
     started = time.monotonic()
     client = client or engine_client()
-    base_image = base_image or default_base_image()
-    base = _resolve_base(client, base_image, offline, say)
+    try:
+        existing = client.images.get(tag)
+    except Exception:
+        existing = None
+    recorded = ((existing.labels or {}).get(BASE_LABEL) if existing is not None else None) or None
+    if base_image is None and recorded is not None and _present(client, recorded):
+        # Rebuilds keep the base the image was built on: no registry is asked twice.
+        base = recorded
+    else:
+        base = _resolve_base(client, base_image or default_base_image(), offline, say)
     base_id = client.images.get(base).id
     python_version = _base_python_version(client, base)
     requirements = (images_dir() / "requirements.txt").read_text()
     version = guest_version()
     key = _build_key(base_id, python_version, requirements)
 
-    try:
-        existing = client.images.get(tag)
-    except Exception:
-        existing = None
     if not force:
         if existing is not None and (existing.labels or {}).get(BUILD_KEY_LABEL) == key:
             say(f"{tag} is up to date (guest {version}); nothing to build")
@@ -166,6 +172,14 @@ def build_image(
             pass
     say(f"built {tag} ({image_id[:19]}) in {time.monotonic() - started:.1f} s")
     return BuildResult(tag, image_id, base, version, False, time.monotonic() - started)
+
+
+def _present(client: Any, image: str) -> bool:
+    try:
+        client.images.get(image)
+        return True
+    except Exception:
+        return False
 
 
 def _build_key(base_id: str, python_version: str, requirements: str) -> str:
@@ -373,7 +387,7 @@ def _docker_build(client: Any, context: Path, tag: str, base: str, version: str,
             path=str(context),
             tag=tag,
             buildargs={"BASE_IMAGE": base, "GUEST_VERSION": version},
-            labels={BUILD_KEY_LABEL: key, GUEST_VERSION_LABEL: version},
+            labels={BUILD_KEY_LABEL: key, GUEST_VERSION_LABEL: version, BASE_LABEL: base},
             # Everything the build needs is in the context: no network, so no surprises.
             network_mode="none",
             rm=True,

@@ -115,6 +115,11 @@ def test_build_from_a_base_image_present_on_the_engine(docker_client: Any) -> No
         assert image_guest_version(docker_client, tag) == guest_version()
         again = build_image(tag=tag, base_image=DEBIAN_BASE_IMAGE, client=docker_client)
         assert again.reused and again.image_id == result.image_id
+        # Later builds keep the recorded base: even with pulling allowed, no registry is asked.
+        later: list[str] = []
+        third = build_image(tag=tag, client=docker_client, offline=False, log=later.append)
+        assert third.reused and third.base_image == DEBIAN_BASE_IMAGE
+        assert not any("pull" in m for m in later), later
     finally:
         try:
             docker_client.images.remove(tag, force=True)
