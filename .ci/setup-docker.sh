@@ -90,7 +90,18 @@ else
   start_engine
 fi
 
-if ! docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"runsc"'; then
+has_runsc() { docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"runsc"'; }
+
+# An engine that runs without gVisor registered: register it and have dockerd reload its configuration
+# (SIGHUP reloads runtimes without stopping any container).
+if ! has_runsc && [ "$(id -u)" = "0" ] && command -v runsc >/dev/null 2>&1 && [ -s /var/run/docker.pid ]; then
+  say "registering runsc with the running engine"
+  if register_runsc && kill -HUP "$(cat /var/run/docker.pid)" 2>/dev/null; then
+    for i in $(seq 1 50); do has_runsc && break; sleep 0.1; done
+  fi
+fi
+
+if ! has_runsc; then
   if [ "$CI" = "true" ]; then
     say "ERROR: the engine has no 'runsc' runtime registered; the gVisor tests need it. Register it in /etc/docker/daemon.json (see the README's Docker section) and restart the engine."
     exit 1
