@@ -84,9 +84,9 @@ def reap(*, dry_run: bool = False, client: Any = None, now: float | None = None)
 
 def remove_stale_channel_folders(client: Any, parent: str | None = None) -> list[Path]:
     """Channel folders (``rlm-box-<id>-*``) of this user whose container no longer exists."""
-    from sandboxes.backends.docker import CONTAINER_PREFIX, _channel_parent
+    from sandboxes.backends.docker import CONTAINER_PREFIX, channel_parent
 
-    root = Path(parent or _channel_parent())
+    root = Path(parent or channel_parent())
     live = {c.name.removeprefix(CONTAINER_PREFIX) for c in managed_containers(client)}
     removed: list[Path] = []
     try:

@@ -21,6 +21,7 @@ import concurrent.futures
 import itertools
 import os
 import shutil
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -150,8 +151,25 @@ def engine_pids_limit(spec: SandboxSpec) -> int:
     return spec.pids
 
 
-def _channel_parent() -> str:
-    return os.environ.get(RUN_DIR_ENV) or tempfile.gettempdir()
+def channel_parent() -> str:
+    """The folder holding this user's channel folders: private (0700), so no other user of the host
+    can reach a box's socket and pose as its agent. Each box's own folder is bind-mounted directly,
+    so the box needs no access to this one."""
+    configured = os.environ.get(RUN_DIR_ENV)
+    if configured:
+        return configured
+    path = Path(tempfile.gettempdir()) / f"rlm-sandboxes-{os.geteuid()}"
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise SandboxUnavailable(f"{path} exists but is not a folder of this user: remove it, or set "
+                                 f"{RUN_DIR_ENV} to a private folder for the boxes' channels")
+    if info.st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return str(path)
 
 
 class DockerSandbox(Backend):
@@ -175,7 +193,7 @@ class DockerSandbox(Backend):
     async def start(self) -> ByteStream:
         image = self.spec.image or DEFAULT_IMAGE
         self._client = await _in_thread(_preflight, self.spec, image)
-        self.dir = Path(tempfile.mkdtemp(prefix=f"{CONTAINER_PREFIX}{self.box_id}-", dir=_channel_parent()))
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{CONTAINER_PREFIX}{self.box_id}-", dir=channel_parent()))
         # The box's user is not the controller's: it may pass through the folder, never list it.
         os.chmod(self.dir, 0o711)
         self.listener = await UnixListener.open(self.dir / SOCKET_NAME, mode=0o666)

@@ -91,6 +91,9 @@ async def test_destroyed_on_close_with_its_channel_folder(docker_client: Any) ->
         name = box.backend.container_name
         folder = box.backend.dir
         assert folder is not None and (folder / "agent.sock").exists()
+        # Other users of the host cannot reach the socket: its parent folder is private to us.
+        parent = folder.parent.stat()
+        assert parent.st_uid == os.geteuid() and parent.st_mode & 0o077 == 0
         assert not gone(docker_client, name)
     assert gone(docker_client, name)
     assert not folder.exists()
