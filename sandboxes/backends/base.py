@@ -91,19 +91,26 @@ class Backend(abc.ABC):
         return {"backend": self.name, "box_id": self.box_id}
 
 
-def agent_config(spec: SandboxSpec, workdir: str) -> dict[str, Any]:
+def agent_config(spec: SandboxSpec, workdir: str, owns_box: bool = False) -> dict[str, Any]:
     """The settings the agent needs, passed to it as one JSON argument."""
     return {
         "workdir": workdir,
         "output_limit": spec.output_limit_bytes,
         "kill_grace": spec.kill_grace_s,
         "memory_mb": spec.memory_mb,
+        "owns_box": owns_box,
     }
 
 
-def agent_argv(python: str, spec: SandboxSpec, workdir: str, connect: str | None) -> list[str]:
-    """The agent's command line. ``connect`` is a Unix socket path, or None to speak on stdin/stdout."""
-    argv = [python, "-m", "sandboxes.guest.agent", "--config", json.dumps(agent_config(spec, workdir))]
+def agent_argv(python: str, spec: SandboxSpec, workdir: str, connect: str | None,
+               owns_box: bool = False) -> list[str]:
+    """The agent's command line. ``connect`` is a Unix socket path, or None to speak on stdin/stdout.
+
+    ``owns_box``: the box holds nothing but the agent and what it starts (a container), so the agent
+    may kill every other process in it when it restarts the kernel. Never for the local backend.
+    """
+    argv = [python, "-m", "sandboxes.guest.agent", "--config",
+            json.dumps(agent_config(spec, workdir, owns_box))]
     if connect is None:
         argv.append("--stdio")
     else:

@@ -109,7 +109,7 @@ def container_config(spec: SandboxSpec, box_id: str, channel_dir: str) -> dict[s
     environment.setdefault("LANG", "C.UTF-8")
     return {
         "image": spec.image or DEFAULT_IMAGE,
-        "command": agent_argv(BOX_PYTHON, spec, BOX_WORKDIR, f"{BOX_CHANNEL_DIR}/{SOCKET_NAME}"),
+        "command": agent_argv(BOX_PYTHON, spec, BOX_WORKDIR, f"{BOX_CHANNEL_DIR}/{SOCKET_NAME}", owns_box=True),
         "name": CONTAINER_PREFIX + box_id,
         "hostname": "sandbox",
         "user": BOX_USER,

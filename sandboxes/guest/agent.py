@@ -89,17 +89,46 @@ class CappedText:
         return text + self.tail
 
 
-def _cgroup_oom_kills() -> int | None:
-    """The box's OOM-kill counter (cgroup v2, or v1), or None where there is no cgroup to read."""
-    for path in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"):
+OOM_EVENTS = (("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"), "oom_kill")
+PIDS_EVENTS = (("/sys/fs/cgroup/pids.events", "/sys/fs/cgroup/pids/pids.events"), "max")
+
+
+def _cgroup_counter(which: tuple[tuple[str, ...], str]) -> int | None:
+    """A counter of the box's cgroup (v2, or v1): OOM kills, or forks refused at the pids limit.
+    None where there is no cgroup to read (the local backend, some providers)."""
+    paths, wanted = which
+    for path in paths:
         try:
             for line in Path(path).read_text().splitlines():
                 key, _, value = line.partition(" ")
-                if key == "oom_kill":
+                if key == wanted:
                     return int(value)
         except (OSError, ValueError):
             continue
     return None
+
+
+def _rose(before: int | None, after: int | None) -> bool:
+    return before is not None and after is not None and after > before
+
+
+def _kill_strays(keep: set[int]) -> int:
+    """SIGKILL every process in the box but ``keep`` and init; sweep until none is left (a fork can
+    race a sweep). Only for an agent that owns its box. Returns how many were killed."""
+    keep = keep | {1, os.getpid()}
+    killed = 0
+    for _ in range(10):
+        found = [int(e.name) for e in os.scandir("/proc") if e.name.isdigit() and int(e.name) not in keep]
+        if not found:
+            break
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except OSError:
+                pass
+        time.sleep(0.02)
+    return killed
 
 
 class Kernel:
@@ -111,8 +140,12 @@ class Kernel:
     and restarting are plain signals to a process group the agent owns.
     """
 
-    def __init__(self, workdir: Path, private: Path, env: dict[str, str], output_limit: int) -> None:
+    def __init__(self, workdir: Path, private: Path, env: dict[str, str], output_limit: int,
+                 owns_box: bool = False) -> None:
         self.workdir = workdir
+        # In a box of its own (a container) the agent may clear out every other process on a restart,
+        # so escaped children (a setsid fork bomb) cannot keep the box's process limit used up.
+        self.owns_box = owns_box
         self.private = private
         self.env = env
         self.output_limit = output_limit
@@ -206,6 +239,13 @@ class Kernel:
     async def restart(self) -> None:
         self._disconnect()
         await self._kill()
+        if self.owns_box:
+            for _ in range(3):  # a fork racing the kill can leave a child: sweep again
+                try:
+                    os.kill(-1, signal.SIGKILL)  # every process but this one and the box's init
+                except OSError:
+                    break
+                await asyncio.sleep(0.02)
         self.spawn()
         await self.connect()
 
@@ -230,6 +270,7 @@ class Agent:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.output_limit = int(config.get("output_limit", 256 * 1024))
         self.kill_grace = float(config.get("kill_grace", 2.0))
+        self.owns_box = bool(config.get("owns_box", False))
         self.private = Path(tempfile.mkdtemp(prefix="sandbox-agent-"))
         self.call_socket = self.private / "calls.sock"
         self.kernel: Kernel | None = None
@@ -259,7 +300,7 @@ class Agent:
         server = await asyncio.start_unix_server(self.serve_kernel_calls, path=str(self.call_socket),
                                                  limit=protocol.MAX_LINE_BYTES)
         os.chmod(self.call_socket, 0o600)
-        self.kernel = Kernel(self.workdir, self.private, self.kernel_env(), self.output_limit)
+        self.kernel = Kernel(self.workdir, self.private, self.kernel_env(), self.output_limit, self.owns_box)
         self.kernel.spawn()
         try:
             await self.kernel.connect()
@@ -449,7 +490,8 @@ class Agent:
         kernel = self.kernel
         assert kernel is not None
         kc = kernel.kc
-        oom_before = _cgroup_oom_kills()
+        oom_before = _cgroup_counter(OOM_EVENTS)
+        pids_before = _cgroup_counter(PIDS_EVENTS)
         stdout, stderr = CappedText(self.output_limit), CappedText(self.output_limit)
         display: list[dict[str, Any]] = []
         display_bytes = 0
@@ -509,9 +551,19 @@ class Agent:
                 notice = f"The cell was interrupted at its {timeout:g} s timeout; the kernel kept its state."
             elif error is not None:
                 status = "error"
+        extras = []
+        if _rose(pids_before, _cgroup_counter(PIDS_EVENTS)):
+            extras.append("The box reached its process limit during this cell: starting a process or thread failed.")
+            if self.owns_box and kernel.proc is not None:
+                # A fork bomb's copies outlive the cell (setsid puts them beyond the interrupt): clear
+                # them so the box can start processes again.
+                killed = await asyncio.to_thread(_kill_strays, {kernel.proc.pid})
+                if killed:
+                    extras.append(f"{killed} other processes in the box were killed to free it.")
         if dropped_display:
-            extra = f"{dropped_display} display output(s) dropped: over the {DISPLAY_LIMIT}-byte cap."
-            notice = f"{notice} {extra}" if notice else extra
+            extras.append(f"{dropped_display} display output(s) dropped: over the {DISPLAY_LIMIT}-byte cap.")
+        if extras:
+            notice = " ".join([notice, *extras] if notice else extras)
         return {
             "status": status,
             "stdout": stdout.value(),
@@ -526,8 +578,7 @@ class Agent:
         kernel = self.kernel
         assert kernel is not None
         code = await kernel.exit_code()
-        oom_after = _cgroup_oom_kills()
-        oomed = oom_before is not None and oom_after is not None and oom_after > oom_before
+        oomed = _rose(oom_before, _cgroup_counter(OOM_EVENTS))
         await kernel.restart()
         if oomed:
             return "oom", ("The kernel ran out of memory and was killed; a new kernel was started:"

@@ -53,16 +53,15 @@ async def test_fork_bomb_that_escapes_the_process_group(runtime: str | None) -> 
                 "    except OSError:\n"
                 "        pass\n")
         r = await box.execute(bomb, timeout=4)
-        assert r.status in ("timeout", "kernel_restarted", "sandbox_lost", "oom", "error"), r
-        assert r.notice or r.error, r
-        if r.status == "sandbox_lost":
-            # The agent could not start a thread for a new kernel: the box is gone, and says why.
-            assert r.error is not None and "process limit" in r.error.value, r
-        # Whatever the box can still do, every answer is a clear status, never a hang.
-        nxt = await box.execute("1 + 1", timeout=10)
-        assert nxt.status in ("ok", "timeout", "kernel_restarted", "error", "sandbox_lost", "oom"), nxt
-        if nxt.status != "ok":
-            assert nxt.notice or nxt.error, nxt
+        if runtime == "runsc" and r.status == "oom":
+            # As in test_fork_bomb: gVisor's one host process can run out of memory first.
+            assert r.error is not None and "out of memory" in r.error.value, r
+            return
+        assert r.status in ("timeout", "kernel_restarted"), r
+        # The copies left their process group, so the interrupt missed them; the agent clears them.
+        assert r.notice and "process limit" in r.notice, r
+        after = await box.execute("import subprocess\nprint(subprocess.run(['true']).returncode)", timeout=30)
+        assert after.status == "ok" and after.stdout.endswith("0\n"), after
 
 
 async def test_memory_bomb(runtime: str | None) -> None:
