@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator, Mapping
 import structlog
 
 from sandboxes.channel import Handler
-from sandboxes.errors import SandboxClosed, SandboxError
+from sandboxes.errors import SandboxClosed, SandboxError, SandboxStartError
 from sandboxes.sandbox import Sandbox
 from sandboxes.spec import SandboxSpec
 
@@ -84,15 +84,24 @@ class SandboxPool:
         return self
 
     async def wait_ready(self, timeout: float | None = None) -> None:
-        """Wait until ``min_idle`` boxes are idle (for benchmarks and tests; serving needs no wait)."""
-        async with asyncio.timeout(timeout):
-            while True:
-                changed = self._changed
-                if self.idle >= self.min_idle:
-                    return
-                if self._closed:
-                    raise SandboxClosed("the pool is closed")
-                await self._wait_change(changed)
+        """Wait until ``min_idle`` boxes are idle (for benchmarks and tests; serving needs no wait).
+
+        On timeout, says why boxes are not starting when the last attempt failed.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    changed = self._changed
+                    if self.idle >= self.min_idle:
+                        return
+                    if self._closed:
+                        raise SandboxClosed("the pool is closed")
+                    await self._wait_change(changed)
+        except TimeoutError:
+            if self.last_error is not None:
+                raise SandboxStartError(f"the pool has {self.idle} of {self.min_idle} boxes ready after {timeout:g} s;"
+                                        f" the last start failed: {self.last_error}") from self.last_error
+            raise
 
     async def close(self) -> None:
         """Stop refilling and destroy every box of the pool, idle or handed out."""

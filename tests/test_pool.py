@@ -118,3 +118,10 @@ def test_rejects_nonsense_sizes() -> None:
         SandboxPool(SPEC, min_idle=3, max_total=2)
     with pytest.raises(ValueError):
         SandboxPool(SPEC, min_idle=0, max_total=0)
+
+
+async def test_wait_ready_says_why_boxes_do_not_start() -> None:
+    failing = SandboxSpec(backend="local", startup_timeout_s=0.05)  # no kernel starts that fast
+    async with SandboxPool(failing, min_idle=1, max_total=1) as pool:
+        with pytest.raises(SandboxStartError, match="the last start failed: .*did not become ready"):
+            await pool.wait_ready(timeout=3)

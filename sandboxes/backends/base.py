@@ -109,7 +109,7 @@ def agent_argv(python: str, spec: SandboxSpec, workdir: str, connect: str | None
     ``owns_box``: the box holds nothing but the agent and what it starts (a container), so the agent
     may kill every other process in it when it restarts the kernel. Never for the local backend.
     """
-    argv = [python, "-m", "sandboxes.guest.agent", "--config",
+    argv = [python, "-m", "sandboxes.guest", "--config",
             json.dumps(agent_config(spec, workdir, owns_box))]
     if connect is None:
         argv.append("--stdio")

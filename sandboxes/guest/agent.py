@@ -5,7 +5,7 @@ timeout (interrupt, then kill and restart after a grace period), caps what each 
 relays guest calls from kernel code to the controller, and writes uploaded files. It never trusts
 the kernel either: kernel code can reach the agent's call socket and may be hostile.
 
-Run as ``python -m sandboxes.guest.agent --config JSON (--connect SOCKET | --stdio)``.
+Run as ``python -m sandboxes.guest --config JSON (--connect SOCKET | --stdio)`` (see ``__main__``).
 Standard library and jupyter_client only.
 """
 
@@ -18,19 +18,16 @@ import json
 import os
 import platform
 import queue
-import secrets
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
 from sandboxes.guest import protocol
+from sandboxes.guest.kernelproc import KernelProcess, launch
 from sandboxes.guest.protocol import LineBuffer, ProtocolError
-from sandboxes.guest.runtime import SOCKET_ENV
 
 TRACEBACK_LIMIT = 64 * 1024
 DISPLAY_LIMIT = 2 * 1024 * 1024
@@ -132,45 +129,27 @@ def _kill_strays(keep: set[int]) -> int:
 
 
 class Kernel:
-    """One ipykernel on ipc transport, with its client. Restartable.
+    """The agent's hold on the kernel: its process (``KernelProcess``) and a jupyter_client client.
 
     The agent launches the kernel process itself (a connection file and ``Popen``) rather than
     through jupyter_client's KernelManager: the kernel starts before the agent has even imported
-    jupyter_client, which takes a fifth of a second off every cold start, and interrupting, killing
-    and restarting are plain signals to a process group the agent owns.
+    jupyter_client, and interrupting, killing and restarting are plain signals to a process group
+    the agent owns.
     """
 
-    def __init__(self, workdir: Path, private: Path, env: dict[str, str], output_limit: int,
-                 owns_box: bool = False) -> None:
-        self.workdir = workdir
+    def __init__(self, process: KernelProcess, output_limit: int, owns_box: bool = False) -> None:
+        self.process = process
+        self.output_limit = output_limit
         # In a box of its own (a container) the agent may clear out every other process on a restart,
         # so escaped children (a setsid fork bomb) cannot keep the box's process limit used up.
         self.owns_box = owns_box
-        self.private = private
-        self.env = env
-        self.output_limit = output_limit
-        self.connection_file = private / "kernel.json"
-        self.proc: subprocess.Popen[bytes] | None = None
         self.kc: Any = None
         self.drain: asyncio.Task[None] | None = None
-        info = {"transport": "ipc", "ip": str(private / "k"), "key": secrets.token_hex(16),
-                "signature_scheme": "hmac-sha256", "kernel_name": "python3"}
-        info.update({name: port for port, name in enumerate(
-            ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"), start=1)})
-        self.connection_file.write_text(json.dumps(info))
-        self.connection_file.chmod(0o600)
-
-    def spawn(self) -> None:
-        """Start the kernel process; returns at once (the client connects in ``connect``)."""
-        argv = [sys.executable, "-m", "ipykernel_launcher", "-f", str(self.connection_file),
-                "--HistoryManager.enabled=False", "--IPKernelApp.quiet=True", "--InteractiveShell.colors=nocolor"]
-        self.proc = subprocess.Popen(argv, cwd=self.workdir, env=self.env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
     async def connect(self) -> None:
         from jupyter_client.asynchronous import AsyncKernelClient
 
-        self.kc = AsyncKernelClient(connection_file=str(self.connection_file))
+        self.kc = AsyncKernelClient(connection_file=str(self.process.connection_file))
         self.kc.load_connection_file()
         # No heartbeat channel: its 1 s deadline declares a kernel dead while many kernels start at
         # once on a busy machine. Liveness is the kernel process itself, which the agent owns.
@@ -217,24 +196,12 @@ class Kernel:
             self.kc.stop_channels()
             self.kc = None
 
-    def _signal(self, signum: int) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:  # the whole group, so a subprocess the cell started is interrupted or killed too
-            os.killpg(self.proc.pid, signum)
-        except OSError:
-            try:
-                self.proc.send_signal(signum)
-            except OSError:
-                pass
-
     async def _kill(self) -> None:
-        self._signal(signal.SIGKILL)
-        if self.proc is not None:
-            for _ in range(500):
-                if self.proc.poll() is not None:
-                    break
-                await asyncio.sleep(0.01)
+        self.process.signal(signal.SIGKILL)
+        for _ in range(500):
+            if self.process.poll() is not None:
+                break
+            await asyncio.sleep(0.01)
 
     async def restart(self) -> None:
         self._disconnect()
@@ -246,17 +213,17 @@ class Kernel:
                 except OSError:
                     break
                 await asyncio.sleep(0.02)
-        self.spawn()
+        self.process.spawn()
         await self.connect()
 
     async def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.process.poll() is None
 
     async def interrupt(self) -> None:
-        self._signal(signal.SIGINT)
+        self.process.signal(signal.SIGINT)
 
     async def exit_code(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
+        return self.process.poll()
 
     async def shutdown(self) -> None:
         self._disconnect()
@@ -264,15 +231,13 @@ class Kernel:
 
 
 class Agent:
-    def __init__(self, config: dict[str, Any], link: Link) -> None:
+    def __init__(self, config: dict[str, Any], link: Link, process: KernelProcess) -> None:
         self.link = link
-        self.workdir = Path(config.get("workdir") or os.getcwd()).resolve()
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.process = process
+        self.workdir = process.workdir
         self.output_limit = int(config.get("output_limit", 256 * 1024))
         self.kill_grace = float(config.get("kill_grace", 2.0))
         self.owns_box = bool(config.get("owns_box", False))
-        self.private = Path(tempfile.mkdtemp(prefix="sandbox-agent-"))
-        self.call_socket = self.private / "calls.sock"
         self.kernel: Kernel | None = None
         self.executions: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.executing: str | None = None
@@ -286,22 +251,12 @@ class Agent:
 
     # --- lifecycle ---------------------------------------------------------------------------
 
-    def kernel_env(self) -> dict[str, str]:
-        """The kernel's environment: only what the agent was given, plus what the runtime needs."""
-        env = {k: v for k, v in os.environ.items() if k not in ("SANDBOX_AGENT_CONFIG",)}
-        env[SOCKET_ENV] = str(self.call_socket)
-        env["IPYTHONDIR"] = str(self.private / "ipython")
-        env["JUPYTER_RUNTIME_DIR"] = str(self.private / "runtime")
-        env["MPLBACKEND"] = "Agg"
-        env["PYTHONUNBUFFERED"] = "1"
-        return env
-
     async def run(self) -> None:
-        server = await asyncio.start_unix_server(self.serve_kernel_calls, path=str(self.call_socket),
+        call_socket = str(self.process.call_socket)
+        server = await asyncio.start_unix_server(self.serve_kernel_calls, path=call_socket,
                                                  limit=protocol.MAX_LINE_BYTES)
-        os.chmod(self.call_socket, 0o600)
-        self.kernel = Kernel(self.workdir, self.private, self.kernel_env(), self.output_limit, self.owns_box)
-        self.kernel.spawn()
+        os.chmod(call_socket, 0o600)
+        self.kernel = Kernel(self.process, self.output_limit, self.owns_box)
         try:
             await self.kernel.connect()
             import ipykernel
@@ -554,10 +509,10 @@ class Agent:
         extras = []
         if _rose(pids_before, _cgroup_counter(PIDS_EVENTS)):
             extras.append("The box reached its process limit during this cell: starting a process or thread failed.")
-            if self.owns_box and kernel.proc is not None:
+            if self.owns_box and kernel.process.pid is not None:
                 # A fork bomb's copies outlive the cell (setsid puts them beyond the interrupt): clear
                 # them so the box can start processes again.
-                killed = await asyncio.to_thread(_kill_strays, {kernel.proc.pid})
+                killed = await asyncio.to_thread(_kill_strays, {kernel.process.pid})
                 if killed:
                     extras.append(f"{killed} other processes in the box were killed to free it.")
         if dropped_display:
@@ -624,10 +579,10 @@ async def _open_link(args: argparse.Namespace) -> Link:
     return Link(reader, writer)
 
 
-async def _main(args: argparse.Namespace) -> None:
+async def _main(args: argparse.Namespace, process: KernelProcess) -> None:
     config = json.loads(args.config)
     link = await _open_link(args)
-    agent = Agent(config, link)
+    agent = Agent(config, link, process)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -649,15 +604,14 @@ async def _main(args: argparse.Namespace) -> None:
         raise SystemExit(1) from None
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="sandboxes.guest.agent")
+def main(argv: list[str] | None = None, process: KernelProcess | None = None) -> None:
+    """Run the agent; ``process`` is a kernel already launched by the entry point (``__main__``)."""
+    parser = argparse.ArgumentParser(prog="sandboxes.guest")
     parser.add_argument("--config", default="{}")
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--connect", help="Unix socket the controller listens on")
     where.add_argument("--stdio", action="store_true", help="speak the protocol on stdin/stdout")
     args = parser.parse_args(argv)
-    asyncio.run(_main(args))
-
-
-if __name__ == "__main__":
-    main()
+    if process is None:
+        process = launch(json.loads(args.config))
+    asyncio.run(_main(args, process))

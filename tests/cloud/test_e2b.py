@@ -37,7 +37,7 @@ async def test_sandbox_is_created_without_internet_and_with_a_lifetime(e2b_fake)
         assert run["timeout"] == 0  # E2B's default (60 s) would cut the agent's stream after a minute
         assert run["retain_output"] is False  # or the SDK keeps every byte the agent writes
         argv = shlex.split(run["cmd"])
-        assert argv[0] == "exec" and argv[1:4] == ["python3", "-m", "sandboxes.guest.agent"]
+        assert argv[0] == "exec" and argv[1:4] == ["python3", "-m", "sandboxes.guest"]
         assert argv[-1] == "--stdio"
 
 
