@@ -149,18 +149,16 @@ class Kernel:
     async def connect(self) -> None:
         from jupyter_client.asynchronous import AsyncKernelClient
 
+        import zmq
+
         self.kc = AsyncKernelClient(connection_file=str(self.process.connection_file))
+        # The client connects before the kernel has bound its sockets; retry every 10 ms, not 100.
+        self.kc.context.setsockopt(zmq.RECONNECT_IVL, 10)
         self.kc.load_connection_file()
         # No heartbeat channel: its 1 s deadline declares a kernel dead while many kernels start at
         # once on a busy machine. Liveness is the kernel process itself, which the agent owns.
         self.kc.start_channels(hb=False)
-        ready = asyncio.ensure_future(self.kc.wait_for_ready(timeout=KERNEL_READY_TIMEOUT))
-        while not ready.done():
-            await asyncio.wait({ready}, timeout=0.2)
-            if not ready.done() and not await self.alive():
-                ready.cancel()
-                raise RuntimeError(f"the kernel exited with code {await self.exit_code()} before it answered")
-        ready.result()
+        await self._wait_ready()
         # Set up the kernel side: the output cap and nothing else; runs silently, outside history.
         bootstrap = (
             "import sandboxes.guest.runtime as __sandbox_rt\n"
@@ -177,6 +175,36 @@ class Kernel:
                 break
         # Shell replies are not needed (iopub carries everything); drain them so none pile up.
         self.drain = asyncio.create_task(self._drain_shell(self.kc))
+
+    async def _wait_ready(self) -> None:
+        """Until the kernel answers on shell and its iopub subscription is live.
+
+        jupyter_client's ``wait_for_ready`` waits a fixed 0.2 s for iopub after each reply, and a
+        subscription made while the kernel binds is often not live for the first one; here the
+        kernel is asked again every 20 ms instead, which takes a fifth of a second off a cold start.
+        """
+        deadline = time.monotonic() + KERNEL_READY_TIMEOUT
+        answered = False
+        last_ask = 0.0
+        while True:
+            if not await self.alive():
+                raise RuntimeError(f"the kernel exited with code {await self.exit_code()} before it answered")
+            now = time.monotonic()
+            if now > deadline:
+                raise RuntimeError(f"the kernel did not answer within {KERNEL_READY_TIMEOUT:g} s")
+            # Before the first answer the request waits in the client's queue: ask again only rarely.
+            if now - last_ask >= (0.02 if answered else 1.0):
+                self.kc.kernel_info()
+                last_ask = now
+            try:
+                if not answered:
+                    reply = await self.kc.get_shell_msg(timeout=0.1)
+                    answered = reply["msg_type"] == "kernel_info_reply"
+                else:
+                    await self.kc.get_iopub_msg(timeout=0.02)
+                    return
+            except queue.Empty:
+                continue
 
     @staticmethod
     async def _drain_shell(kc: Any) -> None:
