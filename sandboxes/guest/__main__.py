@@ -6,6 +6,7 @@ every cold start.
 """
 
 import json
+import signal
 import sys
 
 from sandboxes.guest.kernelproc import launch
@@ -22,6 +23,11 @@ def _config(argv: list[str]) -> dict:
 
 if __name__ == "__main__":
     kernel = launch(_config(sys.argv[1:]))
-    from sandboxes.guest.agent import main
+    try:
+        from sandboxes.guest.agent import main
 
-    main(sys.argv[1:], kernel)
+        main(sys.argv[1:], kernel)
+    finally:
+        # Whatever ended the agent (no controller to connect to, a crash), the kernel goes with it:
+        # it runs in a session of its own and would otherwise outlive the agent.
+        kernel.signal(signal.SIGKILL)

@@ -642,4 +642,7 @@ def main(argv: list[str] | None = None, process: KernelProcess | None = None) ->
     args = parser.parse_args(argv)
     if process is None:
         process = launch(json.loads(args.config))
-    asyncio.run(_main(args, process))
+    try:
+        asyncio.run(_main(args, process))
+    finally:
+        process.signal(signal.SIGKILL)  # never leave the kernel behind, however the agent ends

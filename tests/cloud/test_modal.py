@@ -39,7 +39,7 @@ async def test_sandbox_is_created_locked_down(modal_fake) -> None:
         assert OWNER_LABEL in tags and started + 590 <= int(tags[EXPIRES_LABEL]) <= time.time() + 610
         # The agent is the box's main process, speaking on stdio, working in the box's own folder.
         args = list(sb._args)
-        assert args[:3] == ["python", "-m", "sandboxes.guest.agent"] and args[-1] == "--stdio"
+        assert args[:3] == ["python", "-m", "sandboxes.guest"] and args[-1] == "--stdio"
         assert r.stdout.split()[1] == json.loads(args[args.index("--config") + 1])["workdir"]
         assert box.versions["guest"] == guest_version()
 

@@ -138,3 +138,28 @@ def test_sync_wrapper() -> None:
         box_id = box.box_id
     assert seen == ["a"]
     assert box_processes(box_id) == []
+
+
+def test_agent_with_no_controller_leaves_no_kernel(tmp_path) -> None:
+    """The entry point starts the kernel before the agent connects; if the controller is already gone
+    (killed mid-start), the agent exits and takes the kernel with it."""
+    import json
+    import subprocess
+    import sys
+    import uuid
+    from pathlib import Path
+
+    from sandboxes.backends.local import MARKER_ENV
+
+    marker = f"orphan-{uuid.uuid4().hex[:8]}"
+    root = str(Path(__file__).resolve().parents[2])
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": root, MARKER_ENV: marker, "HOME": str(tmp_path)}
+    config = json.dumps({"workdir": str(tmp_path / "work")})
+    agent = subprocess.run([sys.executable, "-m", "sandboxes.guest", "--config", config,
+                            "--connect", str(tmp_path / "nobody.sock")],
+                           env=env, capture_output=True, timeout=60)
+    assert agent.returncode != 0
+    deadline = time.monotonic() + 10
+    while box_processes(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert box_processes(marker) == []
