@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from sandboxes.backends.base import Backend, ByteStream, agent_argv
 from sandboxes.errors import SandboxStartError
@@ -69,6 +70,21 @@ def marked_processes(marker: str, *, prefix: bool = False, parents: dict[int, in
             found.add(pid)
     found.discard(os.getpid())
     return found
+
+
+def kill_sweep(find: Callable[[], set[int]], sweeps: int = 3) -> None:
+    """SIGKILL what ``find`` returns, again while it finds more (a fork can race a sweep).
+    Synchronous, so it also serves where no event loop runs (exit, SIGTERM)."""
+    for _ in range(sweeps):
+        pids = find()
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.005)
 
 
 class LocalSandbox(Backend):
@@ -134,18 +150,13 @@ class LocalSandbox(Backend):
         return pids
 
     def _kill_all(self) -> None:
-        for _ in range(3):  # a fork racing the kill can leave a new child: sweep again
+        def live() -> set[int]:
             pids = self._box_pids()
             if self.proc is not None and self.proc.returncode is None:
                 pids.add(self.proc.pid)
-            if not pids:
-                return
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-            time.sleep(0.005)
+            return pids
+
+        kill_sweep(live)
 
     async def destroy(self) -> None:
         if self.destroyed:

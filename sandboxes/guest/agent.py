@@ -266,6 +266,10 @@ class Agent:
         self.output_limit = int(config.get("output_limit", 256 * 1024))
         self.kill_grace = float(config.get("kill_grace", 2.0))
         self.owns_box = bool(config.get("owns_box", False))
+        # The box's cgroup counters as last seen: one file read per cell tells whether this cell hit
+        # the process limit (file reads are dear under gVisor), and a kernel death whether it was OOM.
+        self.oom_seen = _cgroup_counter(OOM_EVENTS)
+        self.pids_seen = _cgroup_counter(PIDS_EVENTS)
         self.kernel: Kernel | None = None
         self.executions: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.executing: str | None = None
@@ -473,8 +477,6 @@ class Agent:
         kernel = self.kernel
         assert kernel is not None
         kc = kernel.kc
-        oom_before = _cgroup_counter(OOM_EVENTS)
-        pids_before = _cgroup_counter(PIDS_EVENTS)
         stdout, stderr = CappedText(self.output_limit), CappedText(self.output_limit)
         display: list[dict[str, Any]] = []
         display_bytes = 0
@@ -503,7 +505,7 @@ class Agent:
                 msg = await kc.get_iopub_msg(timeout=wait)
             except queue.Empty:
                 if not await kernel.alive():
-                    status, notice = await self.kernel_died(oom_before)
+                    status, notice = await self.kernel_died()
                     break
                 continue
             if msg["parent_header"].get("msg_id") != msg_id:
@@ -535,7 +537,10 @@ class Agent:
             elif error is not None:
                 status = "error"
         extras = []
-        if _rose(pids_before, _cgroup_counter(PIDS_EVENTS)):
+        pids_now = _cgroup_counter(PIDS_EVENTS)
+        hit_pids_limit = _rose(self.pids_seen, pids_now)
+        self.pids_seen = pids_now
+        if hit_pids_limit:
             extras.append("The box reached its process limit during this cell: starting a process or thread failed.")
             if self.owns_box and kernel.process.pid is not None:
                 # A fork bomb's copies outlive the cell (setsid puts them beyond the interrupt): clear
@@ -557,11 +562,13 @@ class Agent:
             "notice": notice,
         }
 
-    async def kernel_died(self, oom_before: int | None) -> tuple[str, str]:
+    async def kernel_died(self) -> tuple[str, str]:
         kernel = self.kernel
         assert kernel is not None
         code = await kernel.exit_code()
-        oomed = _rose(oom_before, _cgroup_counter(OOM_EVENTS))
+        oom_now = _cgroup_counter(OOM_EVENTS)
+        oomed = _rose(self.oom_seen, oom_now)
+        self.oom_seen = oom_now
         await kernel.restart()
         if oomed:
             return "oom", ("The kernel ran out of memory and was killed; a new kernel was started:"

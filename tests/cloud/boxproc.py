@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import AsyncIterator
 
-from sandboxes.backends.local import marked_processes
+from sandboxes.backends.local import kill_sweep, marked_processes
 
 MARKER_ENV = "FAKE_PROVIDER_BOX"
 # Marker values start with the test process's pid, so two test sessions on one machine never kill
@@ -129,16 +129,7 @@ class BoxProcess:
 
     def kill_all(self) -> None:
         """SIGKILL every process of the box (synchronous: also usable where no event loop runs)."""
-        for _ in range(3):
-            pids = self.box_pids()
-            if not pids:
-                return
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-            time.sleep(0.01)
+        kill_sweep(self.box_pids)
 
     def kill_main(self) -> None:
         """Kill only the main process, as a crash inside the box would."""
