@@ -76,7 +76,7 @@ class Channel:
     def _declare_lost(self, reason: str) -> None:
         if self.lost is None:
             self.lost = reason
-            log.warning("sandbox_lost", box_id=self.box_id, reason=reason)
+            # Not logged here: the owner (Sandbox) logs the loss once, with the provider's diagnosis.
             if self.on_lost is not None:
                 self.on_lost(reason)
         self._fail_all(reason)

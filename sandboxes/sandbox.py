@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import time
 import uuid
 from pathlib import Path
@@ -27,6 +28,8 @@ from sandboxes.spec import SandboxSpec
 
 log = structlog.get_logger("sandboxes")
 
+# How a backend's diagnosis says the box ran out of memory (see Backend.diagnose).
+_OOM_WORDS = re.compile(r"\bout of memory\b|\boom\b", re.IGNORECASE)
 # Slack on top of a cell's own timeout + grace + a kernel restart before the agent counts as gone.
 EXECUTE_SLACK_S = 5.0
 SHUTDOWN_WAIT_S = 1.0
@@ -187,9 +190,8 @@ class Sandbox:
         except Exception:
             why = None
         if why:
-            status = "oom" if "out of memory" in why.lower() or "oom" in why.lower() else "sandbox_lost"
-            self._loss = (status, f"{reason}: {why}")
-        log.warning("sandbox_lost", box_id=self.box_id, reason=self._loss[1] if self._loss else reason)
+            self._loss = ("oom" if _OOM_WORDS.search(why) else "sandbox_lost", f"{reason}: {why}")
+        log.warning("sandbox_lost", box_id=self.box_id, status=self._loss[0], reason=self._loss[1])
         await self.channel.close()
         await self.backend.destroy()
 
