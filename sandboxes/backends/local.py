@@ -115,11 +115,14 @@ class LocalSandbox(Backend):
         self._limit(self.proc.pid)
         accept = asyncio.ensure_future(self.listener.accept(self.spec.startup_timeout_s))
         exited = asyncio.ensure_future(self.proc.wait())
-        await asyncio.wait({accept, exited}, return_when=asyncio.FIRST_COMPLETED)
-        if not accept.done():
-            accept.cancel()
+        try:
+            await asyncio.wait({accept, exited}, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when the caller's start-up deadline cancels us
+            exited.cancel()
+            if not accept.done():
+                accept.cancel()
+        if accept.cancelled():
             raise SandboxStartError(f"the local agent exited before connecting: {await self.diagnose()}")
-        exited.cancel()
         return accept.result()
 
     def _limit(self, pid: int) -> None:
