@@ -18,7 +18,7 @@ import dataclasses
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import structlog
 
@@ -95,6 +95,7 @@ class RLM:
         logger: RLMLogger | None = None,
         verbose: bool = False,
         limits: Limits | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         """
         Args:
@@ -113,6 +114,8 @@ class RLM:
             logger: an RLMLogger; each completion writes its JSONL run log there.
             verbose: print progress to stderr.
             limits: the run tree's budget (calls, tokens, USD, wall clock, timeouts, concurrency).
+            on_event: called with every run event (a dict, the same record the JSONL log gets) as it
+                happens, on the run's event loop; keep it quick. One that raises is logged and ignored.
         """
         from sandboxes import SandboxSpec
 
@@ -144,6 +147,7 @@ class RLM:
         self.logger = logger
         self.verbose = verbose
         self.limits = limits or Limits()
+        self.on_event = on_event
         # Fail now, not mid-run, on an unknown backend, a missing model name or a missing key.
         self._make_clients()
 
@@ -208,7 +212,7 @@ class RLM:
             config=TreeConfig(self.environment, self.environment_kwargs, self.max_depth, self.max_iterations,
                               self.limits, self.custom_system_prompt),
             budget=budget, root_client=root, sub_client=sub, clients=clients, run_log=run_log,
-            progress=ProgressPrinter() if self.verbose else None,
+            progress=ProgressPrinter() if self.verbose else None, on_event=self.on_event,
         )
         context_size = len(prompt) if isinstance(prompt, (str, list, dict)) else None
         tree.emit("run_start", config=self._config(), context_type=type(prompt).__name__,

@@ -20,7 +20,7 @@ import structlog
 from rlm import prompts
 from rlm.budget import Budget, LimitExceeded, Limits
 from rlm.clients.base import ModelCallError, ModelClient, ModelResponse, ModelTimeoutError, RetryPolicy
-from rlm.trajectory import RunLog
+from rlm.trajectory import RunLog, make_event
 
 if TYPE_CHECKING:
     from rlm.loop import NodeOutcome, RLMNode
@@ -57,6 +57,9 @@ class RunTree:
     clients: dict[str, ModelClient]
     run_log: RunLog | None = None
     progress: Callable[[str, dict[str, Any]], None] | None = None
+    # The user's ``on_event``: every event as the run log records it, as it happens.
+    on_event: Callable[[dict[str, Any]], None] | None = None
+    started: float = field(default_factory=time.monotonic)
     _model_slots: asyncio.Semaphore = field(init=False)
     _child_slots: dict[int, asyncio.Semaphore] = field(init=False, default_factory=dict)
     _child_numbers: dict[str, Any] = field(init=False, default_factory=dict)
@@ -72,13 +75,20 @@ class RunTree:
     # -- events ----------------------------------------------------------------------------------
 
     def emit(self, event: str, **fields: Any) -> None:
+        """One event, built once, to every consumer: the run log, the progress printer, ``on_event``."""
+        record = make_event(event, self.run_id, time.monotonic() - self.started, fields)
         if self.run_log is not None:
-            self.run_log.write(event, **fields)
+            self.run_log.write(record)
         if self.progress is not None:
             try:
                 self.progress(event, fields)
             except Exception:  # a broken progress display must not end a run
                 pass
+        if self.on_event is not None:
+            try:
+                self.on_event(record)
+            except Exception:  # a user's callback that raises is logged and never ends a run
+                log.warning("on_event_failed", run_id=self.run_id, event=event, exc_info=True)
 
     # -- model calls -----------------------------------------------------------------------------
 

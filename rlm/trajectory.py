@@ -42,21 +42,26 @@ def _clip(value: Any) -> Any:
     return value
 
 
+def make_event(event: str, run_id: str, t: float, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """One run event as every consumer sees it: the JSONL log, ``on_event`` callbacks, the service."""
+    record = {"event": event, "t": round(t, 4), "run_id": run_id}
+    record.update({k: _clip(v) for k, v in fields.items()})
+    return record
+
+
 class RunLog:
     """An open JSONL file for one run."""
 
     def __init__(self, path: Path, run_id: str) -> None:
         self.path = path
         self.run_id = run_id
-        self.started = time.monotonic()
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file: TextIO | None = open(path, "a", encoding="utf-8")
 
-    def write(self, event: str, **fields: Any) -> None:
+    def write(self, record: Mapping[str, Any]) -> None:
+        """Append one event (as built by ``make_event``) and flush it."""
         if self._file is None:
             return
-        record = {"event": event, "t": round(time.monotonic() - self.started, 4), "run_id": self.run_id}
-        record.update({k: _clip(v) for k, v in fields.items()})
         self._file.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
         self._file.flush()
 
