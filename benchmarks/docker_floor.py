@@ -21,8 +21,8 @@ from typing import Any
 
 from jupyter_client import BlockingKernelClient
 
-from sandboxes.docker_engine import engine_client
-from sandboxes.images import DEFAULT_IMAGE
+from sandboxes.backends.docker.engine import engine_client
+from sandboxes.backends.docker.image_build import DEFAULT_IMAGE
 
 
 def start_kernel(client: Any, folder: str, runtime: str | None) -> tuple[Any, BlockingKernelClient]:

@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from sandboxes import Sandbox, SandboxSpec, open_sandbox
-from sandboxes.docker_engine import engine_client
+from sandboxes.backends.docker.engine import engine_client
 from sandboxes.pool import SandboxPool
 
 

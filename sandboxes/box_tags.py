@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from sandboxes.docker_engine import (BOX_ID_LABEL, EXPIRES_LABEL, MANAGED_LABEL, OWNER_LABEL, USER_LABEL_PREFIX,
+from sandboxes.backends.docker.engine import (BOX_ID_LABEL, EXPIRES_LABEL, MANAGED_LABEL, OWNER_LABEL, USER_LABEL_PREFIX,
                                      owner_id)
 from sandboxes.spec import SandboxSpec
 

@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(list(argv) if argv is not None else None)
     try:
         if args.command == "build-image":
-            from sandboxes.images import DEFAULT_IMAGE, build_image
+            from sandboxes.backends.docker.image_build import DEFAULT_IMAGE, build_image
 
             result = build_image(tag=args.tag or DEFAULT_IMAGE, base_image=args.base_image, offline=args.offline,
                                  force=args.force, log=_say)
@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{', reused' if result.reused else ''})")
             return 0
         if args.command == "reap":
-            from sandboxes.reaper import reap
+            from sandboxes.backends.docker.reaper import reap
 
             found = reap(dry_run=args.dry_run)
             if args.json:
@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{len(found)} box(es) {'to reap' if args.dry_run else 'reaped'}")
             return 0 if all(box.removed or args.dry_run for box in found) else 1
         if args.command == "doctor":
-            from sandboxes.doctor import run_doctor
+            from sandboxes.backends.docker.doctor import run_doctor
 
             report = run_doctor(image=args.image, start_boxes=not args.no_boxes)
             print(report.to_json() if args.json else report.to_text())

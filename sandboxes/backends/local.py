@@ -23,7 +23,7 @@ from typing import Callable
 
 from sandboxes.backends.base import Backend, ByteStream, agent_argv
 from sandboxes.errors import SandboxStartError
-from sandboxes.guest_bundle import write_guest
+from sandboxes.backends.guest_bundle import write_guest
 from sandboxes.transport import UnixListener
 
 MARKER_ENV = "SANDBOX_BOX_ID"

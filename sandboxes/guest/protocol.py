@@ -209,11 +209,15 @@ def b64decode(text: str) -> bytes:
         raise ProtocolError("chunk is not valid base64") from None
 
 
+def guest_sources() -> list[Path]:
+    """The files of the guest package: what a box runs, what its version digests, what an image copies."""
+    return sorted(Path(__file__).resolve().parent.glob("*.py"))
+
+
 def guest_version() -> str:
     """A digest of the guest package's source: the agent in a box must be the controller's own."""
     digest = hashlib.sha256()
-    here = Path(__file__).resolve().parent
-    for path in sorted(here.glob("*.py")):
+    for path in guest_sources():
         digest.update(path.name.encode())
         digest.update(b"\0")
         digest.update(path.read_bytes())

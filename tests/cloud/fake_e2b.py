@@ -1,4 +1,4 @@
-"""A fake of exactly the part of the `e2b` SDK that sandboxes.backends.e2b uses.
+"""A fake of exactly the part of the `e2b` SDK that sandboxes.backends.cloud.e2b uses.
 
 Same names, same keywords, same async shape; nothing else (``tests/cloud/test_sdk_surface.py`` holds
 it to the backend's SDK_SURFACE table, both ways). A background command runs as a local process (the

@@ -1,4 +1,4 @@
-"""A fake of exactly the part of the `modal` SDK that sandboxes.backends.modal uses.
+"""A fake of exactly the part of the `modal` SDK that sandboxes.backends.cloud.modal uses.
 
 Same names, same keywords, same sync/async shape (blocking calls with an ``.aio`` twin); nothing else
 (``tests/cloud/test_sdk_surface.py`` holds it to the backend's SDK_SURFACE table, both ways). A

@@ -10,10 +10,10 @@ import time
 import pytest
 
 from sandboxes import SandboxSpec, open_sandbox
-from sandboxes.backends.e2b import DEFAULT_TEMPLATE, E2BSandbox
-from sandboxes.docker_engine import BOX_ID_LABEL, EXPIRES_LABEL, OWNER_LABEL, USER_LABEL_PREFIX
+from sandboxes.backends.cloud.e2b import DEFAULT_TEMPLATE, E2BSandbox
+from sandboxes.backends.docker.engine import BOX_ID_LABEL, EXPIRES_LABEL, OWNER_LABEL, USER_LABEL_PREFIX
 from sandboxes.errors import SandboxStartError
-from sandboxes.guest_bundle import guest_files
+from sandboxes.backends.guest_bundle import guest_files
 from tests.cloud.conftest import fake_box_processes
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from sandboxes import SandboxSpec, open_sandbox
-from sandboxes.backends.modal import GUEST_ROOT, ModalSandbox, _requirements
-from sandboxes.docker_engine import BOX_ID_LABEL, EXPIRES_LABEL, OWNER_LABEL, USER_LABEL_PREFIX
+from sandboxes.backends.cloud.modal import GUEST_ROOT, ModalSandbox, _requirements
+from sandboxes.backends.docker.engine import BOX_ID_LABEL, EXPIRES_LABEL, OWNER_LABEL, USER_LABEL_PREFIX
 from sandboxes.errors import SandboxStartError, SandboxUnavailable
 from sandboxes.guest.protocol import guest_version
 from tests.cloud.conftest import fake_box_processes

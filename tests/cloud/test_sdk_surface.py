@@ -17,9 +17,9 @@ import types
 
 import pytest
 
-from sandboxes.backends import e2b as e2b_backend
-from sandboxes.backends import modal as modal_backend
-from sandboxes.sdk_surface import VAR_POSITIONAL, SdkCall, check_fake, check_sdk
+from sandboxes.backends.cloud import e2b as e2b_backend
+from sandboxes.backends.cloud import modal as modal_backend
+from sandboxes.backends.cloud.sdk_surface import VAR_POSITIONAL, SdkCall, check_fake, check_sdk
 from tests.cloud import fake_e2b, fake_modal
 
 CASES = {

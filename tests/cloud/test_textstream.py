@@ -9,7 +9,7 @@ import pytest
 
 from sandboxes.guest import protocol
 from sandboxes.guest.protocol import LineBuffer
-from sandboxes.textstream import OutputTail, TextStream
+from sandboxes.backends.cloud.textstream import OutputTail, TextStream
 
 
 async def test_lines_cut_anywhere_reassemble_exactly() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from sandboxes.docker_engine import OWNER_LABEL, engine_client, engine_runtimes, owner_id
+from sandboxes.backends.docker.engine import OWNER_LABEL, engine_client, engine_runtimes, owner_id
 from sandboxes.errors import SandboxUnavailable
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -30,7 +30,7 @@ def docker_client() -> Any:
         client = engine_client()
     except SandboxUnavailable as exc:
         _unavailable(str(exc))
-    from sandboxes.images import ImageBuildError, build_image
+    from sandboxes.backends.docker.image_build import ImageBuildError, build_image
 
     try:  # reused at once when up to date; rebuilt (seconds, cached layers) when the guest changed
         build_image(offline=True, client=client)

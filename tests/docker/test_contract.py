@@ -25,7 +25,7 @@ class TestDockerRunscContract(SandboxContract):
     @pytest.fixture(autouse=True)
     def _needs_runsc(self, docker_client: Any) -> None:
         from tests.docker.conftest import _unavailable
-        from sandboxes.docker_engine import engine_runtimes
+        from sandboxes.backends.docker.engine import engine_runtimes
 
         if "runsc" not in engine_runtimes(docker_client):
             _unavailable("the Docker engine has no 'runsc' (gVisor) runtime registered")

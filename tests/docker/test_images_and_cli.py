@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from sandboxes.cli import main
-from sandboxes.docker_engine import GUEST_VERSION_LABEL
+from sandboxes.backends.docker.engine import GUEST_VERSION_LABEL
 from sandboxes.errors import SandboxUnavailable
 from sandboxes.guest.protocol import guest_version
-from sandboxes.images import _apt_mirror, check_image, default_base_image
+from sandboxes.backends.docker.image_build import _apt_mirror, check_image, default_base_image
 
 
 class FakeImages:
@@ -103,7 +103,7 @@ def test_reap_dry_run_lists_without_removing(capsys: pytest.CaptureFixture[str])
 @pytest.mark.slow
 def test_build_from_a_base_image_present_on_the_engine(docker_client: Any) -> None:
     """The registry path without a registry: a base that is already on the engine is used as is."""
-    from sandboxes.images import DEBIAN_BASE_IMAGE, build_image, image_guest_version
+    from sandboxes.backends.docker.image_build import DEBIAN_BASE_IMAGE, build_image, image_guest_version
 
     tag = "rlm-sandbox-kernel:from-local-base"
     messages: list[str] = []

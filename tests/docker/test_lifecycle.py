@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 
 from sandboxes import Sandbox, SandboxSpec, open_sandbox
-from sandboxes.backends.docker import container_config
-from sandboxes.docker_engine import (EXPIRES_LABEL, MANAGED_LABEL, OWNER_LABEL, RUN_ID_LABEL, USER_LABEL_PREFIX,
+from sandboxes.backends.docker.backend import container_config
+from sandboxes.backends.docker.engine import (EXPIRES_LABEL, MANAGED_LABEL, OWNER_LABEL, RUN_ID_LABEL, USER_LABEL_PREFIX,
                                      owner_id)
-from sandboxes.doctor import PROBE_CELL, hardening_findings, host_view
+from sandboxes.backends.docker.doctor import PROBE_CELL, hardening_findings, host_view
 from sandboxes.errors import SandboxStartError, SandboxUnavailable
-from sandboxes.reaper import reap
+from sandboxes.backends.docker.reaper import reap
 
 pytestmark = pytest.mark.docker
 
@@ -40,7 +40,7 @@ async def test_hardening_applies_inside_the_box(runtime: str | None, docker_clie
         assert r.status == "ok", r
         seen = json.loads(r.stdout.strip().splitlines()[-1])
         seen["_host"] = await asyncio.to_thread(host_view, box.backend.container_name)
-        from sandboxes.backends.docker import engine_pids_limit
+        from sandboxes.backends.docker.backend import engine_pids_limit
 
         failed = [f for f in hardening_findings(seen, 384, engine_pids_limit(spec)) if not f[1]]
         assert not failed, failed
@@ -155,8 +155,8 @@ async def test_missing_image_says_how_to_build_it() -> None:
 async def test_stale_image_fails_before_any_container(docker_client: Any) -> None:
     import io
 
-    from sandboxes.docker_engine import GUEST_VERSION_LABEL
-    from sandboxes.images import DEFAULT_IMAGE
+    from sandboxes.backends.docker.engine import GUEST_VERSION_LABEL
+    from sandboxes.backends.docker.image_build import DEFAULT_IMAGE
 
     tag = "rlm-sandbox-kernel:stale-test"
     dockerfile = f"FROM {DEFAULT_IMAGE}\nLABEL {GUEST_VERSION_LABEL}=0000000000000000\n"
@@ -184,7 +184,7 @@ def test_engine_unreachable_says_how_to_start_one(tmp_path: Path) -> None:
 
 
 def test_gvisor_missing_is_named() -> None:
-    from sandboxes.docker_engine import require_runtime
+    from sandboxes.backends.docker.engine import require_runtime
 
     class NoGvisor:
         def info(self) -> dict[str, Any]:
@@ -252,7 +252,7 @@ def test_reap_removes_the_boxes_of_a_killed_controller(docker_client: Any) -> No
     assert gone(docker_client, name)
     # Its channel folder is young, so reap leaves it for a later run (a box may be starting there);
     # the test removes it itself.
-    from sandboxes.backends.docker import channel_parent
+    from sandboxes.backends.docker.backend import channel_parent
 
     for folder in Path(channel_parent()).glob(f"{name}-*"):
         shutil.rmtree(folder, ignore_errors=True)

@@ -129,7 +129,7 @@ def hardening_findings(seen: dict[str, Any], memory_mb: int, pids: int) -> list[
 
 def host_view(container: str) -> dict[str, Any]:
     """The box's limits as the host enforces them: the cgroup files of its container, where readable."""
-    from sandboxes.docker_engine import engine_client
+    from sandboxes.backends.docker.engine import engine_client
 
     attrs = engine_client().api.inspect_container(container)
     cid = attrs["Id"]
@@ -163,7 +163,7 @@ async def _probe_box(runtime: str | None, image: str | None) -> dict[str, Any]:
     if result.status != "ok":
         raise SandboxError(f"the probe cell ended with {result.status}: {result.error or result.stderr[-500:]}")
     seen = json.loads(result.stdout.strip().splitlines()[-1])
-    from sandboxes.backends.docker import engine_pids_limit
+    from sandboxes.backends.docker.backend import engine_pids_limit
 
     seen["_spec"] = {"memory_mb": spec.memory_mb, "pids": engine_pids_limit(spec)}
     seen["_host"] = host
@@ -172,9 +172,9 @@ async def _probe_box(runtime: str | None, image: str | None) -> dict[str, Any]:
 
 def run_doctor(image: str | None = None, start_boxes: bool = True) -> Report:
     """Every check, in order; stops early only where later checks cannot run."""
-    from sandboxes.docker_engine import HOW_TO_START, engine_client, engine_runtimes
+    from sandboxes.backends.docker.engine import HOW_TO_START, engine_client, engine_runtimes
     from sandboxes.errors import SandboxUnavailable
-    from sandboxes.images import BUILD_COMMAND, DEFAULT_IMAGE, describe_image
+    from sandboxes.backends.docker.image_build import BUILD_COMMAND, DEFAULT_IMAGE, describe_image
 
     report = Report()
     image = image or DEFAULT_IMAGE

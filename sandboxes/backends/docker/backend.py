@@ -31,9 +31,9 @@ import structlog
 
 from sandboxes.backends.base import Backend, ByteStream, agent_argv
 from sandboxes.box_tags import box_tags
-from sandboxes.docker_engine import RUN_ID_LABEL, engine_client, engine_runtimes, require_runtime
+from sandboxes.backends.docker.engine import RUN_ID_LABEL, engine_client, engine_runtimes, require_runtime
 from sandboxes.errors import SandboxStartError, SandboxUnavailable
-from sandboxes.images import DEFAULT_IMAGE, check_image
+from sandboxes.backends.docker.image_build import DEFAULT_IMAGE, check_image
 from sandboxes.spec import SandboxSpec
 from sandboxes.transport import UnixListener
 

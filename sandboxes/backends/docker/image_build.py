@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from sandboxes.docker_engine import BUILD_KEY_LABEL, GUEST_VERSION_LABEL, LABEL_PREFIX, engine_client
+from sandboxes.backends.docker.engine import BUILD_KEY_LABEL, GUEST_VERSION_LABEL, LABEL_PREFIX, engine_client
 from sandboxes.errors import SandboxError, SandboxUnavailable
-from sandboxes.guest.protocol import guest_version
+from sandboxes.backends.guest_bundle import write_guest
+from sandboxes.guest.protocol import guest_sources, guest_version
 
 DEFAULT_IMAGE = "rlm-sandbox-kernel:latest"
 DEBIAN_BASE_IMAGE = "rlm-sandbox-base:bookworm"
@@ -57,7 +58,7 @@ class BuildResult:
 
 def source_root() -> Path:
     """The folder holding ``images/`` and ``sandboxes/`` (the project checkout)."""
-    return Path(__file__).resolve().parent.parent
+    return Path(__file__).resolve().parents[3]
 
 
 def images_dir() -> Path:
@@ -77,12 +78,6 @@ def default_base_image() -> str:
     if not match:
         raise ImageBuildError("images/Dockerfile has no `ARG BASE_IMAGE=...` line")
     return match.group(1)
-
-
-def guest_sources() -> list[Path]:
-    """The files copied into the image as the guest package."""
-    guest = Path(__file__).resolve().parent / "guest"
-    return sorted(guest.glob("*.py"))
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -372,11 +367,7 @@ def _fill_context(context: Path, wheels: Path) -> None:
     shutil.copy(images / "Dockerfile", context / "Dockerfile")
     shutil.copy(images / "requirements.txt", context / "requirements.txt")
     shutil.copytree(wheels, context / "wheels", ignore=shutil.ignore_patterns(".complete"))
-    package = context / "guest" / "sandboxes"
-    (package / "guest").mkdir(parents=True)
-    (package / "__init__.py").write_text("")
-    for path in guest_sources():
-        shutil.copy(path, package / "guest" / path.name)
+    write_guest(context / "guest")
 
 
 def _docker_build(client: Any, context: Path, tag: str, base: str, version: str, key: str, say: Log) -> str:

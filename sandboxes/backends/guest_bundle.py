@@ -13,14 +13,11 @@ import tempfile
 import threading
 from pathlib import Path
 
-GUEST_SOURCE = Path(__file__).resolve().parent / "guest"
+from sandboxes.guest.protocol import guest_sources
+
 # Where the bundle's files go, relative to the folder put on the box's PYTHONPATH.
 PACKAGE_INIT = "sandboxes/__init__.py"
 GUEST_DIR = "sandboxes/guest"
-
-
-def guest_sources() -> list[Path]:
-    return sorted(GUEST_SOURCE.glob("*.py"))
 
 
 def guest_files() -> dict[str, bytes]:

@@ -36,10 +36,10 @@ import structlog
 from sandboxes.backends.base import Backend, ByteStream, agent_argv
 from sandboxes.box_tags import box_tags
 from sandboxes.errors import SandboxUnavailable
-from sandboxes.guest_bundle import staged_guest
-from sandboxes.sdk_surface import SdkCall, load_sdk
+from sandboxes.backends.guest_bundle import staged_guest
+from sandboxes.backends.cloud.sdk_surface import SdkCall, load_sdk
 from sandboxes.spec import SandboxSpec
-from sandboxes.textstream import OutputTail, TextStream
+from sandboxes.backends.cloud.textstream import OutputTail, TextStream
 
 log = structlog.get_logger("sandboxes.modal")
 
@@ -99,7 +99,7 @@ def _short(exc: BaseException) -> str:
 
 def _requirements() -> list[str]:
     """The guest's packages, from images/requirements.txt (shared with the Docker image)."""
-    from sandboxes.images import source_root
+    from sandboxes.backends.docker.image_build import source_root
 
     path = source_root() / "images" / "requirements.txt"
     try:
@@ -117,7 +117,7 @@ def _python_version(spec: SandboxSpec) -> str:
     if spec.options.get("python_version"):
         return str(spec.options["python_version"])
     try:
-        from sandboxes.images import default_base_image
+        from sandboxes.backends.docker.image_build import default_base_image
 
         match = re.search(r"python:(\d+\.\d+)", default_base_image())
     except Exception:

@@ -38,10 +38,10 @@ import structlog
 from sandboxes.backends.base import Backend, ByteStream, agent_argv
 from sandboxes.box_tags import box_tags
 from sandboxes.errors import SandboxUnavailable
-from sandboxes.guest_bundle import guest_files
-from sandboxes.sdk_surface import SdkCall, load_sdk
+from sandboxes.backends.guest_bundle import guest_files
+from sandboxes.backends.cloud.sdk_surface import SdkCall, load_sdk
 from sandboxes.spec import SandboxSpec
-from sandboxes.textstream import DEFAULT_MAX_WRITE, OutputTail, TextStream
+from sandboxes.backends.cloud.textstream import DEFAULT_MAX_WRITE, OutputTail, TextStream
 
 log = structlog.get_logger("sandboxes.e2b")
 

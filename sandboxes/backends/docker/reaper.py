@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sandboxes.docker_engine import (BOX_ID_LABEL, EXPIRES_LABEL, MANAGED_LABEL, OWNER_LABEL, engine_client,
+from sandboxes.backends.docker.engine import (BOX_ID_LABEL, EXPIRES_LABEL, MANAGED_LABEL, OWNER_LABEL, engine_client,
                                      owner_alive)
 
 # A channel folder with no container is left alone this long: its box may be starting right now.
@@ -84,7 +84,7 @@ def reap(*, dry_run: bool = False, client: Any = None, now: float | None = None)
 
 def remove_stale_channel_folders(client: Any, parent: str | None = None) -> list[Path]:
     """Channel folders (``rlm-box-<id>-*``) of this user whose container no longer exists."""
-    from sandboxes.backends.docker import CONTAINER_PREFIX, channel_parent
+    from sandboxes.backends.docker.backend import CONTAINER_PREFIX, channel_parent
 
     root = Path(parent or channel_parent())
     live = {c.name.removeprefix(CONTAINER_PREFIX) for c in managed_containers(client)}

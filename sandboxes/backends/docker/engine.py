@@ -2,7 +2,7 @@
 
 One place that knows how to reach the engine (with an error that says how to start one when it does
 not answer), which runtimes it offers, and the labels that mark a container as ours. Kept apart from
-``sandboxes.backends.docker`` so the image builder and the reaper need not import the backend.
+``sandboxes.backends.docker.backend`` so the image builder and the reaper need not import the backend.
 """
 
 from __future__ import annotations
