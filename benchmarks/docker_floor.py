@@ -22,7 +22,7 @@ from typing import Any
 from jupyter_client import BlockingKernelClient
 
 from sandboxes.backends.docker.engine import engine_client
-from sandboxes.backends.docker.image_build import DEFAULT_IMAGE
+from sandboxes.backends.docker.image_check import DEFAULT_IMAGE
 
 
 def start_kernel(client: Any, folder: str, runtime: str | None) -> tuple[Any, BlockingKernelClient]:

@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable, Mapping
 
 import structlog
 
-from sandboxes.backends.base import ByteStream
+from sandboxes.transport import ByteStream
 from sandboxes.errors import SandboxLost
 from sandboxes.guest import protocol
 from sandboxes.guest.protocol import LineBuffer, ProtocolError

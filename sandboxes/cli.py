@@ -49,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(list(argv) if argv is not None else None)
     try:
         if args.command == "build-image":
-            from sandboxes.backends.docker.image_build import DEFAULT_IMAGE, build_image
+            from sandboxes.backends.docker.image_build import build_image
+            from sandboxes.backends.docker.image_check import DEFAULT_IMAGE
 
             result = build_image(tag=args.tag or DEFAULT_IMAGE, base_image=args.base_image, offline=args.offline,
                                  force=args.force, log=_say)

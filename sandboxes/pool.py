@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from typing import Any, AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping
 
 import structlog
 
@@ -23,6 +23,9 @@ from sandboxes.channel import Handler
 from sandboxes.errors import SandboxClosed, SandboxError, SandboxStartError
 from sandboxes.sandbox import Sandbox
 from sandboxes.spec import SandboxSpec
+
+if TYPE_CHECKING:
+    from sandboxes.backends.base import BackendFactory
 
 log = structlog.get_logger("sandboxes.pool")
 
@@ -37,10 +40,14 @@ class SandboxPool:
     """Started boxes of one spec, waiting to be handed out."""
 
     def __init__(self, spec: SandboxSpec, min_idle: int = 1, max_total: int = 8, *,
-                 max_idle_s: float | None = None, parallel_starts: int = 4) -> None:
+                 max_idle_s: float | None = None, parallel_starts: int = 4,
+                 backend: "BackendFactory | None" = None) -> None:
+        """``backend``: a factory ``(spec, box_id) -> Backend`` making each box's backend (e.g. a Backend
+        class); by default the one ``spec.backend`` names."""
         if min_idle < 0 or max_total < 1 or min_idle > max_total:
             raise ValueError("need 0 <= min_idle <= max_total and max_total >= 1")
         self.spec = spec
+        self.backend = backend
         self.min_idle = min_idle
         self.max_total = max_total
         # An idle box older than this is retired unused, so a handed-out box keeps most of its lifetime.
@@ -203,7 +210,8 @@ class SandboxPool:
         try:
             async with self._start_slots:
                 self._counter += 1
-                box = await Sandbox.start(self.spec, box_id=f"{self.pool_id}-{self._counter}")
+                box = await Sandbox.start(self.spec, box_id=f"{self.pool_id}-{self._counter}",
+                                          backend=self.backend)
         except BaseException as exc:
             self.last_error = exc
             if for_handout or isinstance(exc, asyncio.CancelledError):

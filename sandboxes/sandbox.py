@@ -2,6 +2,12 @@
 
 Every wait has a deadline derived from the spec, every failure path destroys the box, and a
 cancelled caller still gets its box destroyed (closing runs in a task of its own, shielded).
+
+Which backend makes the box: the one named by ``spec.backend``, looked up in the registry of
+``sandboxes.backends`` when a box starts (a lazy import, so this shared core loads no backend
+module), or the one passed as ``backend=``, as httpx takes ``transport=``: a ``Backend`` instance
+for one box, or a factory ``(spec, box_id) -> Backend`` such as a Backend class.
+``sandboxes.backends.memory.MemoryBackend`` is the in-memory one for unit tests.
 """
 
 from __future__ import annotations
@@ -13,18 +19,21 @@ import re
 import time
 import uuid
 from pathlib import Path
-from typing import Any, AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping, Union
 
 import structlog
 
 from sandboxes import cleanup
-from sandboxes.backends import backend_class
-from sandboxes.backends.base import Backend
 from sandboxes.channel import Channel, Handler
 from sandboxes.errors import SandboxClosed, SandboxError, SandboxLost, SandboxStartError
 from sandboxes.guest import protocol
 from sandboxes.results import ExecError, ExecResult
 from sandboxes.spec import SandboxSpec
+
+if TYPE_CHECKING:  # the core only calls a backend's methods; it never imports a backend at run time
+    from sandboxes.backends.base import Backend, BackendFactory
+
+    BackendArg = Union[Backend, BackendFactory, None]
 
 log = structlog.get_logger("sandboxes")
 
@@ -38,14 +47,13 @@ SHUTDOWN_WAIT_S = 1.0
 class Sandbox:
     """A started box. Use ``open_sandbox`` (or ``Sandbox.start`` and ``close``) to get one."""
 
-    def __init__(self, spec: SandboxSpec, backend: Backend, channel: Channel, ready: dict[str, Any]) -> None:
+    def __init__(self, spec: SandboxSpec, backend: "Backend", channel: Channel, ready: dict[str, Any]) -> None:
         self.spec = spec
         self.backend = backend
         self.channel = channel
         self.versions: dict[str, Any] = ready.get("versions", {})
         self.workdir: str = str(self.versions.get("workdir", ""))
         self.started_at = time.monotonic()
-        self.start_seconds = 0.0
         self._exec_lock = asyncio.Lock()
         self._closing: asyncio.Future[None] | None = None
         self._loss: tuple[str, str] | None = None  # (status, reason)
@@ -61,13 +69,16 @@ class Sandbox:
 
     @classmethod
     async def start(cls, spec: SandboxSpec | None = None, handlers: Mapping[str, Handler] | None = None,
-                    box_id: str | None = None) -> "Sandbox":
-        """Create the box, start its agent and wait for ``ready``, all within startup_timeout_s."""
-        spec = spec or SandboxSpec()
-        backend = backend_class(spec.backend)(spec, box_id or uuid.uuid4().hex[:12])
+                    box_id: str | None = None, *, backend: "BackendArg" = None) -> "Sandbox":
+        """Create the box, start its agent and wait for ``ready``, all within startup_timeout_s.
+
+        ``backend``: a Backend instance (used for this one box; its spec is the default), or a factory
+        ``(spec, box_id) -> Backend``; by default the backend ``spec.backend`` names.
+        """
+        backend = make_backend(spec, box_id, backend)
+        spec = backend.spec
         cleanup.register(backend)
         channel: Channel | None = None
-        started = time.monotonic()
         try:
             async with asyncio.timeout(spec.startup_timeout_s):
                 stream = await backend.start()
@@ -80,15 +91,13 @@ class Sandbox:
             reason = await _abort_start(backend, channel)
             if isinstance(exc, TimeoutError):
                 raise SandboxStartError(
-                    f"the {spec.backend} sandbox did not become ready within {spec.startup_timeout_s:g} s"
+                    f"the {backend.name} sandbox did not become ready within {spec.startup_timeout_s:g} s"
                     + (f": {reason}" if reason else "")) from None
             if isinstance(exc, SandboxLost):
-                raise SandboxStartError(f"the {spec.backend} sandbox died while starting: "
+                raise SandboxStartError(f"the {backend.name} sandbox died while starting: "
                                         f"{reason or exc}") from None
             raise
-        box = cls(spec, backend, channel, ready)
-        box.start_seconds = time.monotonic() - started
-        return box
+        return cls(spec, backend, channel, ready)
 
     def bind(self, handlers: Mapping[str, Handler]) -> None:
         """Attach the guest-call handlers (e.g. when a pool hands a started box to a run)."""
@@ -238,13 +247,30 @@ class Sandbox:
 
 @contextlib.asynccontextmanager
 async def open_sandbox(spec: SandboxSpec | None = None, handlers: Mapping[str, Handler] | None = None, *,
-                       box_id: str | None = None) -> AsyncIterator[Sandbox]:
-    """Open a sandbox for the duration of a block; it is destroyed on exit, error or cancellation."""
-    box = await Sandbox.start(spec, handlers, box_id)
+                       box_id: str | None = None, backend: "BackendArg" = None) -> AsyncIterator[Sandbox]:
+    """Open a sandbox for the duration of a block; it is destroyed on exit, error or cancellation.
+
+    ``backend`` replaces the backend ``spec.backend`` names (see ``Sandbox.start``)."""
+    box = await Sandbox.start(spec, handlers, box_id, backend=backend)
     try:
         yield box
     finally:
         await box.close()
+
+
+def make_backend(spec: SandboxSpec | None, box_id: str | None, backend: "BackendArg" = None) -> "Backend":
+    """The backend for one new box: ``backend`` itself when it is an instance, else made by the factory
+    given, else by the registry's class for ``spec.backend``."""
+    if backend is not None and not callable(backend):
+        if spec is not None and spec != backend.spec:
+            raise ValueError("a backend instance carries its own spec: pass the spec to the backend, not both")
+        return backend
+    spec = spec or SandboxSpec()
+    if backend is None:
+        from sandboxes.backends import backend_class
+
+        backend = backend_class(spec.backend)
+    return backend(spec, box_id or uuid.uuid4().hex[:12])
 
 
 def _check_versions(ready: dict[str, Any]) -> None:
@@ -258,7 +284,7 @@ def _check_versions(ready: dict[str, Any]) -> None:
                                 "the kernel image is stale; rebuild it with `rlm sandbox build-image`")
 
 
-async def _abort_start(backend: Backend, channel: Channel | None) -> str | None:
+async def _abort_start(backend: "Backend", channel: Channel | None) -> str | None:
     """Tear down a box that failed to start; return what the provider says went wrong."""
 
     async def teardown() -> str | None:

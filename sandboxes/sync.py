@@ -20,12 +20,13 @@ T = TypeVar("T")
 
 
 class SyncSandbox:
-    def __init__(self, spec: SandboxSpec | None = None, handlers: Mapping[str, Handler] | None = None) -> None:
+    def __init__(self, spec: SandboxSpec | None = None, handlers: Mapping[str, Handler] | None = None, *,
+                 backend: Any = None) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="sandbox-loop", daemon=True)
         self._thread.start()
         try:
-            self._box: Sandbox = self._run(Sandbox.start(spec, handlers))
+            self._box: Sandbox = self._run(Sandbox.start(spec, handlers, backend=backend))
         except BaseException:
             self._stop_loop()
             raise
@@ -69,6 +70,8 @@ class SyncSandbox:
         self.close()
 
 
-def open_sandbox_sync(spec: SandboxSpec | None = None, handlers: Mapping[str, Handler] | None = None) -> SyncSandbox:
-    """Blocking counterpart of ``open_sandbox``: ``with open_sandbox_sync(spec) as box: box.execute(...)``."""
-    return SyncSandbox(spec, handlers)
+def open_sandbox_sync(spec: SandboxSpec | None = None, handlers: Mapping[str, Handler] | None = None, *,
+                      backend: Any = None) -> SyncSandbox:
+    """Blocking counterpart of ``open_sandbox``: ``with open_sandbox_sync(spec) as box: box.execute(...)``.
+    ``backend`` is as for ``open_sandbox``."""
+    return SyncSandbox(spec, handlers, backend=backend)

@@ -1,4 +1,5 @@
-"""A listening Unix socket in a box's own folder: the byte stream for the local and Docker backends.
+"""Byte streams to an agent: the ``ByteStream`` every backend hands the channel, the asyncio one over
+a socket, and a listening Unix socket in a box's own folder (the local and Docker backends' stream).
 
 The controller listens and the agent connects, so start-up needs no polling for a socket to appear:
 the agent's connection arrives as soon as it is up, and ``accept`` bounds the wait.
@@ -6,12 +7,52 @@ the agent's connection arrives as soon as it is up, and ``accept`` bounds the wa
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import os
 from pathlib import Path
 
-from sandboxes.backends.base import AsyncioStream
 from sandboxes.guest.protocol import MAX_LINE_BYTES
+
+class ByteStream(abc.ABC):
+    """A duplex byte stream to one agent. ``read`` returns b"" at end of stream."""
+
+    @abc.abstractmethod
+    async def read(self) -> bytes: ...
+
+    @abc.abstractmethod
+    async def write(self, data: bytes) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+
+class AsyncioStream(ByteStream):
+    """A ByteStream over an asyncio (reader, writer) pair, e.g. a Unix socket connection."""
+
+    READ_SIZE = 1 << 20
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    async def read(self) -> bytes:
+        try:
+            return await self._reader.read(self.READ_SIZE)
+        except (ConnectionError, OSError):
+            return b""
+
+    async def write(self, data: bytes) -> None:
+        self._writer.write(data)
+        await self._writer.drain()
+
+    async def close(self) -> None:
+        self._writer.close()
+        try:
+            await asyncio.wait_for(self._writer.wait_closed(), 1.0)
+        except (Exception, asyncio.CancelledError):
+            pass
+
 
 # sun_path holds 108 bytes on Linux, including the terminating NUL.
 MAX_SOCKET_PATH = 107

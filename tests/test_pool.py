@@ -13,7 +13,8 @@ import pytest
 
 from sandboxes import SandboxSpec
 from sandboxes.errors import SandboxClosed, SandboxStartError
-from sandboxes.pool import SandboxPool
+from sandboxes.backends.memory import MemoryBackend
+from sandboxes.pool import RETRY_FIRST_S, SandboxPool
 from tests.conftest import box_processes
 
 SPEC = SandboxSpec(backend="local")
@@ -93,24 +94,41 @@ async def test_dead_idle_box_is_not_handed_out() -> None:
             assert (await box.execute("1 + 1")).display == [{"text/plain": "2"}]
 
 
-async def test_start_failures_reach_the_caller_and_the_refill_backs_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sandboxes.pool import Sandbox
-
+async def test_start_failures_reach_the_caller_and_the_refill_backs_off() -> None:
     attempts: list[float] = []
+    attempted = asyncio.Event()
 
-    async def failing_start(*args: Any, **kwargs: Any) -> Any:
+    def failing(spec: SandboxSpec, box_id: str) -> MemoryBackend:
         attempts.append(asyncio.get_running_loop().time())
-        raise SandboxStartError("the engine is down (test)")
+        attempted.set()
+        return MemoryBackend(spec, box_id, start_error=SandboxStartError("the engine is down (test)"))
 
-    monkeypatch.setattr(Sandbox, "start", failing_start)
-    async with SandboxPool(SPEC, min_idle=1, max_total=2) as pool:
+    async with SandboxPool(SPEC, min_idle=1, max_total=2, backend=failing) as pool:
+        async with asyncio.timeout(60):
+            while len(attempts) < 4:  # the refill's first try and three retries
+                attempted.clear()
+                await attempted.wait()
+        assert isinstance(pool.last_error, SandboxStartError)
+        assert pool.idle == 0 and pool.in_use == 0  # (a fifth start may be under way)
+        # Backing off: each wait at least the first retry delay, doubling (a timer never fires early).
+        gaps = [later - earlier for earlier, later in zip(attempts, attempts[1:])]
+        assert gaps[0] >= 0.9 * RETRY_FIRST_S and gaps[1] >= 1.8 * RETRY_FIRST_S and gaps[2] >= 3.6 * RETRY_FIRST_S, gaps
         with pytest.raises(SandboxStartError, match="engine is down"):
             await pool.acquire(timeout=30)
-        await asyncio.sleep(2.0)
-        assert isinstance(pool.last_error, SandboxStartError)
-        assert pool.total == 0
-        # Backing off: a handful of attempts in two seconds, not a busy loop.
-        assert 2 <= len(attempts) <= 6, attempts
+
+
+async def test_pool_boxes_come_from_the_backend_factory_given() -> None:
+    made: list[MemoryBackend] = []
+
+    def factory(spec: SandboxSpec, box_id: str) -> MemoryBackend:
+        made.append(MemoryBackend(spec, box_id))
+        return made[-1]
+
+    async with SandboxPool(SPEC, min_idle=1, max_total=2, backend=factory) as pool:
+        async with pool.sandbox() as box:
+            assert box.backend is made[0]
+            assert (await box.execute("print('hi')")).stdout == "print('hi')"  # the echo agent answered
+        assert made[0].destroyed
 
 
 def test_rejects_nonsense_sizes() -> None:

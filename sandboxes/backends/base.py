@@ -6,61 +6,27 @@ guest calls) lives in ``sandboxes.guest`` and ``sandboxes.channel`` and is the s
 from __future__ import annotations
 
 import abc
-import asyncio
 import json
+import typing
 from typing import Any
 
 from sandboxes.spec import SandboxSpec
-
-
-class ByteStream(abc.ABC):
-    """A duplex byte stream to one agent. ``read`` returns b"" at end of stream."""
-
-    @abc.abstractmethod
-    async def read(self) -> bytes: ...
-
-    @abc.abstractmethod
-    async def write(self, data: bytes) -> None: ...
-
-    @abc.abstractmethod
-    async def close(self) -> None: ...
-
-
-class AsyncioStream(ByteStream):
-    """A ByteStream over an asyncio (reader, writer) pair, e.g. a Unix socket connection."""
-
-    READ_SIZE = 1 << 20
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._reader = reader
-        self._writer = writer
-
-    async def read(self) -> bytes:
-        try:
-            return await self._reader.read(self.READ_SIZE)
-        except (ConnectionError, OSError):
-            return b""
-
-    async def write(self, data: bytes) -> None:
-        self._writer.write(data)
-        await self._writer.drain()
-
-    async def close(self) -> None:
-        self._writer.close()
-        try:
-            await asyncio.wait_for(self._writer.wait_closed(), 1.0)
-        except (Exception, asyncio.CancelledError):
-            pass
+from sandboxes.transport import ByteStream
 
 
 class Backend(abc.ABC):
-    """One box on one provider. Instances are single-use: start once, destroy once."""
+    """One box on one provider. Instances are single-use: start once, destroy once.
+
+    A backend writes ``start``, ``_destroy`` and, when it can, ``_emergency_destroy`` and ``diagnose``;
+    the once-only bookkeeping of destroying is here, so no backend repeats it.
+    """
 
     name: str = "?"
 
     def __init__(self, spec: SandboxSpec, box_id: str) -> None:
         self.spec = spec
         self.box_id = box_id
+        self.destroyed = False
 
     @abc.abstractmethod
     async def start(self) -> ByteStream:
@@ -71,12 +37,28 @@ class Backend(abc.ABC):
         a message that says what to do when the provider itself is missing or misconfigured.
         """
 
-    @abc.abstractmethod
+    @typing.final
     async def destroy(self) -> None:
         """Destroy the box and everything in it. Idempotent; never raises; always finishes."""
+        if self.destroyed:
+            return
+        self.destroyed = True
+        await self._destroy()
 
+    @abc.abstractmethod
+    async def _destroy(self) -> None:
+        """Destroy what ``start`` made (called once, possibly after a failed or partial start)."""
+
+    @typing.final
     def emergency_destroy(self) -> None:
         """Synchronous best-effort destroy, for interpreter exit and SIGTERM (no event loop there)."""
+        if self.destroyed:
+            return
+        self.destroyed = True
+        self._emergency_destroy()
+
+    def _emergency_destroy(self) -> None:
+        """What ``emergency_destroy`` does, once; nothing by default."""
 
     async def diagnose(self) -> str | None:
         """After the stream ended unexpectedly: why the box died, if the provider can say.
@@ -86,9 +68,10 @@ class Backend(abc.ABC):
         """
         return None
 
-    def describe(self) -> dict[str, Any]:
-        """Identifiers worth logging (container id, sandbox id...)."""
-        return {"backend": self.name, "box_id": self.box_id}
+
+# What ``open_sandbox(..., backend=...)`` and ``SandboxPool(..., backend=...)`` take to make a box's
+# backend: a Backend class, or any callable of the same shape.
+BackendFactory = typing.Callable[[SandboxSpec, str], Backend]
 
 
 def agent_config(spec: SandboxSpec, workdir: str, owns_box: bool = False) -> dict[str, Any]:

@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from sandboxes.backends.base import Backend, ByteStream, agent_argv
+from sandboxes.backends.base import Backend, agent_argv
 from sandboxes.errors import SandboxStartError
 from sandboxes.backends.guest_bundle import write_guest
-from sandboxes.transport import UnixListener
+from sandboxes.transport import ByteStream, UnixListener
 
 MARKER_ENV = "SANDBOX_BOX_ID"
 
@@ -95,7 +95,6 @@ class LocalSandbox(Backend):
         self.dir: Path | None = None
         self.proc: asyncio.subprocess.Process | None = None
         self.listener: UnixListener | None = None
-        self.destroyed = False
 
     async def start(self) -> ByteStream:
         self.dir = Path(tempfile.mkdtemp(prefix=f"sbx-{self.box_id[:8]}-"))
@@ -161,10 +160,7 @@ class LocalSandbox(Backend):
 
         kill_sweep(live)
 
-    async def destroy(self) -> None:
-        if self.destroyed:
-            return
-        self.destroyed = True
+    async def _destroy(self) -> None:
         self._kill_all()
         if self.proc is not None and self.proc.returncode is None:
             try:
@@ -176,10 +172,7 @@ class LocalSandbox(Backend):
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def emergency_destroy(self) -> None:
-        if self.destroyed:
-            return
-        self.destroyed = True
+    def _emergency_destroy(self) -> None:
         self._kill_all()
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -199,10 +192,6 @@ class LocalSandbox(Backend):
             except OSError:
                 pass
         return f"the agent process {what}{tail}"
-
-    def describe(self) -> dict[str, object]:
-        return {"backend": self.name, "box_id": self.box_id, "pid": self.proc.pid if self.proc else None,
-                "dir": str(self.dir)}
 
 
 BACKEND = LocalSandbox

@@ -15,6 +15,7 @@ import asyncio
 import codecs
 import os
 import random
+import shlex
 import shutil
 import signal
 import sys
@@ -32,14 +33,19 @@ MARKER_PREFIX = f"{os.getpid()}:"
 
 
 def python_bin_dir(root: Path) -> Path:
-    """A bin folder where `python` and `python3` are this interpreter (it has ipykernel installed),
-    standing in for the Python of the provider's image."""
+    """A bin folder where `python` and `python3` run this interpreter in this environment (it has
+    ipykernel installed), standing in for the Python of the provider's image.
+
+    Small scripts that exec ``sys.executable``, not symlinks to it: Python finds its virtual environment
+    by the ``pyvenv.cfg`` beside the path it was started as, so a symlink in another folder would start
+    the base interpreter without the venv's packages."""
     bin_dir = root / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
     for name in ("python", "python3"):
-        link = bin_dir / name
-        if not link.exists():
-            link.symlink_to(sys.executable)
+        script = bin_dir / name
+        if not script.exists():
+            script.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+            script.chmod(0o755)
     return bin_dir
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from sandboxes import SandboxSpec, open_sandbox
 from sandboxes.backends.cloud.e2b import DEFAULT_TEMPLATE, E2BSandbox
-from sandboxes.backends.docker.engine import BOX_ID_LABEL, EXPIRES_LABEL, OWNER_LABEL, USER_LABEL_PREFIX
+from sandboxes.box_tags import BOX_ID_LABEL, EXPIRES_LABEL, OWNER_LABEL, USER_LABEL_PREFIX
 from sandboxes.errors import SandboxStartError
 from sandboxes.backends.guest_bundle import guest_files
 from tests.cloud.conftest import fake_box_processes

@@ -12,7 +12,7 @@ import pytest
 
 from sandboxes import SandboxSpec, open_sandbox
 from sandboxes.backends.cloud.modal import GUEST_ROOT, ModalSandbox, _requirements
-from sandboxes.backends.docker.engine import BOX_ID_LABEL, EXPIRES_LABEL, OWNER_LABEL, USER_LABEL_PREFIX
+from sandboxes.box_tags import BOX_ID_LABEL, EXPIRES_LABEL, OWNER_LABEL, USER_LABEL_PREFIX
 from sandboxes.errors import SandboxStartError, SandboxUnavailable
 from sandboxes.guest.protocol import guest_version
 from tests.cloud.conftest import fake_box_processes

@@ -123,7 +123,7 @@ def test_backend_refuses_an_sdk_that_lacks_a_call(monkeypatch: pytest.MonkeyPatc
     copy = renamed_copy(fake_modal, "Sandbox.create", "block_network")
     monkeypatch.setitem(sys.modules, "modal", copy)
     with pytest.raises(SandboxUnavailable) as info:
-        modal_backend._sdk()
+        modal_backend.BACKEND.sdk()
     assert "block_network" in str(info.value) and "pip install -U" in str(info.value)
 
 
@@ -133,7 +133,7 @@ def test_backend_says_how_to_install_a_missing_sdk(monkeypatch: pytest.MonkeyPat
     for name, backend in (("modal", modal_backend), ("e2b", e2b_backend)):
         monkeypatch.setitem(sys.modules, name, None)  # makes `import NAME` fail
         with pytest.raises(SandboxUnavailable) as info:
-            backend._sdk()
+            backend.BACKEND.sdk()
         assert f"pip install 'rlm-sandboxes[{name}]'" in str(info.value)
 
 

@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
-from sandboxes import SandboxSpec
-from sandboxes.backends.base import Backend, ByteStream
+from sandboxes import Sandbox, SandboxSpec, open_sandbox
+from sandboxes.backends.memory import MemoryAgent, MemoryBackend
 from sandboxes.channel import MAX_VIOLATIONS, Channel
 from sandboxes.errors import SandboxLost, SandboxStartError
 from sandboxes.guest import protocol
+from sandboxes.transport import ByteStream
 
 
 class ScriptedStream(ByteStream):
@@ -85,7 +86,7 @@ async def test_end_of_stream_wakes_every_waiter() -> None:
     channel = Channel(stream, box_id="t")
     channel.start()
     waiters = [asyncio.ensure_future(channel.request({"type": "ping", "id": f"p{i}"}, 30)) for i in range(5)]
-    await asyncio.sleep(0.05)
+    await stream.wait_sent(lambda m: m.get("id") == "p4")  # every request is out and waiting
     stream.push(b"")
     for w in waiters:
         with pytest.raises(SandboxLost, match="closed"):
@@ -109,7 +110,8 @@ async def test_guest_call_flood_is_bounded() -> None:
         stream.push({"type": "call", "id": f"c{i}", "name": "slow", "payload": i})
     refused = await stream.wait_sent(lambda m: m.get("ok") is False)
     assert "too many guest calls" in refused["error"]
-    await asyncio.sleep(0.1)
+    # The 25th call is the last one read: once it is refused, every refusal is out.
+    await stream.wait_sent(lambda m: m.get("to") == "c24")
     assert sum(1 for m in stream.sent if m.get("ok") is False) == 15
     release.set()
     await stream.wait_sent(lambda m: sum(1 for x in stream.sent if x.get("ok")) == 10)
@@ -136,45 +138,49 @@ async def test_bad_handler_results_become_errors() -> None:
     await channel.close()
 
 
-class SilentBackend(Backend):
-    """A box whose agent connects but never says ready, or says the wrong version."""
+async def test_silent_agent_times_out_and_is_destroyed() -> None:
+    async def silent(peer: MemoryAgent) -> None:
+        await asyncio.Event().wait()  # connected, never ready
 
-    name = "silent"
-    version: str | None = None
-
-    def __init__(self, spec: SandboxSpec, box_id: str) -> None:
-        super().__init__(spec, box_id)
-        self.stream = ScriptedStream()
-        self.destroyed = False
-
-    async def start(self) -> ByteStream:
-        if self.version is not None:
-            self.stream.push({"type": "ready", "protocol": 1, "versions": {"guest": self.version}})
-        return self.stream
-
-    async def destroy(self) -> None:
-        self.destroyed = True
+    backend = MemoryBackend(SandboxSpec(startup_timeout_s=0.5), "silent", silent)
+    with pytest.raises(SandboxStartError, match="memory sandbox did not become ready within 0.5 s"):
+        await Sandbox.start(backend=backend)
+    assert backend.destroyed and not backend.running
 
 
-async def test_silent_agent_times_out_and_is_destroyed(monkeypatch: pytest.MonkeyPatch) -> None:
-    made: list[SilentBackend] = []
+async def test_an_agent_of_another_version_is_refused_and_destroyed() -> None:
+    async def stale(peer: MemoryAgent) -> None:
+        await peer.say_ready(guest="0000")
+        await asyncio.Event().wait()
 
-    def factory(name: str):
-        def build(spec: SandboxSpec, box_id: str) -> SilentBackend:
-            made.append(SilentBackend(spec, box_id))
-            return made[-1]
-        return build
+    made: list[MemoryBackend] = []
 
-    from sandboxes import sandbox
-    monkeypatch.setattr(sandbox, "backend_class", factory)
-    with pytest.raises(SandboxStartError, match="did not become ready within 0.5 s"):
-        await sandbox.Sandbox.start(SandboxSpec(startup_timeout_s=0.5))
-    assert made[-1].destroyed
+    def factory(spec: SandboxSpec, box_id: str) -> MemoryBackend:
+        made.append(MemoryBackend(spec, box_id, stale))
+        return made[-1]
 
-    SilentBackend.version = "0000"
-    try:
-        with pytest.raises(SandboxStartError, match="rlm sandbox build-image"):
-            await sandbox.Sandbox.start(SandboxSpec(startup_timeout_s=5))
-        assert made[-1].destroyed
-    finally:
-        SilentBackend.version = None
+    with pytest.raises(SandboxStartError, match="rlm sandbox build-image"):
+        await Sandbox.start(SandboxSpec(startup_timeout_s=5), backend=factory)
+    assert len(made) == 1 and made[0].destroyed and not made[0].running
+
+
+async def test_a_box_dying_mid_cell_is_lost_with_the_backends_diagnosis() -> None:
+    async def dies_in_a_cell(peer: MemoryAgent) -> None:
+        await peer.say_ready()
+        async for message in peer:
+            if message["type"] == "execute":
+                return  # the agent goes away without an answer
+
+    factory = MemoryBackend.factory(dies_in_a_cell, diagnosis="the box ran out of memory (limit 1 MB)")
+    async with open_sandbox(SandboxSpec(), backend=factory) as box:
+        result = await asyncio.wait_for(box.execute("x"), 30)
+        assert result.status == "oom"
+        assert "out of memory" in result.error.value
+        assert (await box.execute("y")).status == "oom"  # the box stays lost
+        assert box.backend.destroyed
+
+
+async def test_a_backend_instance_and_a_different_spec_are_refused() -> None:
+    backend = MemoryBackend(SandboxSpec(), "b")
+    with pytest.raises(ValueError, match="carries its own spec"):
+        await Sandbox.start(SandboxSpec(memory_mb=2048), backend=backend)

@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
-from sandboxes.backends.docker.engine import OWNER_LABEL, engine_client, engine_runtimes, owner_id
+from sandboxes.box_tags import OWNER_LABEL, owner_id
+
+from sandboxes.backends.docker.engine import engine_client, engine_runtimes
 from sandboxes.errors import SandboxUnavailable
 
 IN_CI = os.environ.get("CI", "").lower() == "true"

@@ -12,7 +12,9 @@ from sandboxes.cli import main
 from sandboxes.backends.docker.engine import GUEST_VERSION_LABEL
 from sandboxes.errors import SandboxUnavailable
 from sandboxes.guest.protocol import guest_version
-from sandboxes.backends.docker.image_build import _apt_mirror, check_image, default_base_image
+from sandboxes.backends.docker.image_build import _apt_mirror
+from sandboxes.backends.docker.image_check import check_image
+from sandboxes.backends.image_sources import default_base_image
 
 
 class FakeImages:
@@ -103,7 +105,8 @@ def test_reap_dry_run_lists_without_removing(capsys: pytest.CaptureFixture[str])
 @pytest.mark.slow
 def test_build_from_a_base_image_present_on_the_engine(docker_client: Any) -> None:
     """The registry path without a registry: a base that is already on the engine is used as is."""
-    from sandboxes.backends.docker.image_build import DEBIAN_BASE_IMAGE, build_image, image_guest_version
+    from sandboxes.backends.docker.image_build import DEBIAN_BASE_IMAGE, build_image
+    from sandboxes.backends.docker.image_check import image_guest_version
 
     tag = "rlm-sandbox-kernel:from-local-base"
     messages: list[str] = []

@@ -18,8 +18,7 @@ import pytest
 
 from sandboxes import Sandbox, SandboxSpec, open_sandbox
 from sandboxes.backends.docker.backend import container_config
-from sandboxes.backends.docker.engine import (EXPIRES_LABEL, MANAGED_LABEL, OWNER_LABEL, RUN_ID_LABEL, USER_LABEL_PREFIX,
-                                     owner_id)
+from sandboxes.box_tags import EXPIRES_LABEL, MANAGED_LABEL, OWNER_LABEL, RUN_ID_LABEL, USER_LABEL_PREFIX, owner_id
 from sandboxes.backends.docker.doctor import PROBE_CELL, hardening_findings, host_view
 from sandboxes.errors import SandboxStartError, SandboxUnavailable
 from sandboxes.backends.docker.reaper import reap
@@ -156,7 +155,7 @@ async def test_stale_image_fails_before_any_container(docker_client: Any) -> Non
     import io
 
     from sandboxes.backends.docker.engine import GUEST_VERSION_LABEL
-    from sandboxes.backends.docker.image_build import DEFAULT_IMAGE
+    from sandboxes.backends.docker.image_check import DEFAULT_IMAGE
 
     tag = "rlm-sandbox-kernel:stale-test"
     dockerfile = f"FROM {DEFAULT_IMAGE}\nLABEL {GUEST_VERSION_LABEL}=0000000000000000\n"
@@ -252,7 +251,7 @@ def test_reap_removes_the_boxes_of_a_killed_controller(docker_client: Any) -> No
     assert gone(docker_client, name)
     # Its channel folder is young, so reap leaves it for a later run (a box may be starting there);
     # the test removes it itself.
-    from sandboxes.backends.docker.backend import channel_parent
+    from sandboxes.backends.docker.channel_dirs import channel_parent
 
     for folder in Path(channel_parent()).glob(f"{name}-*"):
         shutil.rmtree(folder, ignore_errors=True)

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from sandboxes import SandboxSpec
-from sandboxes.backends.docker.engine import OWNER_LABEL, owner_id
+from sandboxes.box_tags import OWNER_LABEL, owner_id
 from sandboxes.pool import SandboxPool
 
 pytestmark = pytest.mark.docker

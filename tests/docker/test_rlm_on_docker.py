@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from sandboxes.backends.docker.engine import MANAGED_LABEL, OWNER_LABEL
+from sandboxes.box_tags import MANAGED_LABEL, OWNER_LABEL
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 

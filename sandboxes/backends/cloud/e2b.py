@@ -29,35 +29,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import shlex
 from typing import Any
 
-import structlog
-
-from sandboxes.backends.base import Backend, ByteStream, agent_argv
+from sandboxes.backends.base import agent_argv
+from sandboxes.backends.cloud.sdk_surface import SdkCall
+from sandboxes.backends.cloud.stdio_box import LAST_WORDS_LINES, SDK_TIMEOUT_S, StdioBoxBackend, provider_lifetime_s, short_error
+from sandboxes.backends.cloud.textstream import DEFAULT_MAX_WRITE, TextStream
+from sandboxes.backends.guest_bundle import guest_files
 from sandboxes.box_tags import box_tags
 from sandboxes.errors import SandboxUnavailable
-from sandboxes.backends.guest_bundle import guest_files
-from sandboxes.backends.cloud.sdk_surface import SdkCall, load_sdk
 from sandboxes.spec import SandboxSpec
-from sandboxes.backends.cloud.textstream import DEFAULT_MAX_WRITE, OutputTail, TextStream
-
-log = structlog.get_logger("sandboxes.e2b")
+from sandboxes.transport import ByteStream
 
 CREDENTIALS_HINT = "set E2B_API_KEY (from the E2B dashboard) in the controller's environment"
 DEFAULT_TEMPLATE = "code-interpreter-v1"
-MAX_LIFETIME_S = 24 * 3600
-BOX_ROOT = "/tmp/rlm-box-{box_id}"
-STDERR_TAIL = 16 * 1024
-SDK_TIMEOUT_S = 30.0
 MISSING_PACKAGES_HINT = (
     "the E2B template lacks the guest's Python packages (ipykernel, jupyter_client): use the default "
     f"template {DEFAULT_TEMPLATE!r} or build one that installs images/requirements.txt")
 
 _HANDLE = "sandbox_async.commands.command_handle.AsyncCommandHandle"
 # Every SDK name this module touches, with every keyword it passes. tests/cloud holds this table
-# against the installed SDK and against the fake; ``_sdk`` checks it before the first box.
+# against the installed SDK and against the fake; ``sdk()`` checks it before the first box.
 SDK_SURFACE: tuple[SdkCall, ...] = (
     SdkCall("AsyncSandbox.create", "async", ("template", "timeout", "metadata", "allow_internet_access",
                                              "network")),
@@ -81,54 +74,38 @@ SDK_SURFACE: tuple[SdkCall, ...] = (
 
 
 
-def _sdk() -> Any:
-    """The e2b module, after checking it offers everything this backend calls."""
-    return load_sdk("e2b", SDK_SURFACE, "e2b")
-
-
-def _short(exc: BaseException) -> str:
-    text = f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
-    return text if len(text) <= 300 else text[:300] + "..."
-
-
-class E2BSandbox(Backend):
+class E2BSandbox(StdioBoxBackend):
     name = "e2b"
+    sdk_module = "e2b"
+    sdk_surface = SDK_SURFACE
+    terminate_backstop = "E2B ends it at its timeout"
 
     def __init__(self, spec: SandboxSpec, box_id: str) -> None:
         super().__init__(spec, box_id)
-        self.sandbox: Any = None
-        self.sandbox_id: str | None = None
         self.handle: Any = None
-        self.stream: TextStream | None = None
-        self.stderr_tail = OutputTail(STDERR_TAIL)
-        self.waiter: asyncio.Task[None] | None = None
         self.end_error: str | None = None
-        self.destroyed = False
-        self.root = BOX_ROOT.format(box_id=box_id)
 
     @property
     def template(self) -> str:
         return str(self.spec.options.get("template") or self.spec.image or DEFAULT_TEMPLATE)
 
     async def start(self) -> ByteStream:
-        e2b = _sdk()
+        e2b = self.sdk()
         spec = self.spec
         try:
             self.sandbox = await e2b.AsyncSandbox.create(
                 template=self.template,
-                # The controller expires the box at lifetime_s after it is ready; E2B's own limit, counted
-                # from creation, is the backstop for a controller that died.
-                timeout=min(MAX_LIFETIME_S, math.ceil(spec.lifetime_s + spec.startup_timeout_s)),
+                timeout=provider_lifetime_s(spec),
                 metadata=box_tags(spec, self.box_id),
                 allow_internet_access=spec.network != "none",
                 network={"allow_public_traffic": False},
             )
         except Exception as exc:
             raise SandboxUnavailable(
-                f"E2B refused to create a sandbox from template {self.template!r} ({_short(exc)}): "
+                f"E2B refused to create a sandbox from template {self.template!r} ({short_error(exc)}): "
                 f"{CREDENTIALS_HINT}, and check that the template exists for your team") from None
         self.sandbox_id = self.sandbox.sandbox_id
-        log.debug("e2b_sandbox_created", box_id=self.box_id, sandbox_id=self.sandbox_id)
+        self.log.debug("e2b_sandbox_created", box_id=self.box_id, sandbox_id=self.sandbox_id)
         guest = f"{self.root}/guest"
         await asyncio.wait_for(self.sandbox.files.write_files(
             files=[{"path": f"{guest}/{rel}", "data": data} for rel, data in guest_files().items()]),
@@ -149,15 +126,12 @@ class E2BSandbox(Backend):
             timeout=0,  # the command's stream lives as long as the box, not E2B's 60 s default
             retain_output=False,  # the SDK would otherwise keep every byte the agent ever wrote
         )
-        self.waiter = asyncio.create_task(self._wait_for_exit(stream), name=f"e2b-agent-{self.box_id}")
+        self.tasks = [asyncio.create_task(self._wait_for_exit(stream), name=f"e2b-agent-{self.box_id}")]
         return stream
 
     async def _send(self, piece: bytes) -> None:
-        try:
-            await self.sandbox.commands.send_stdin(pid=self.handle.pid, data=piece)
-        except Exception as exc:
-            # The channel treats connection errors as a lost box; anything else would escape to the user.
-            raise ConnectionResetError(f"writing to the agent's stdin in E2B failed: {_short(exc)}") from None
+        await self.guarded_write(self.sandbox.commands.send_stdin(pid=self.handle.pid, data=piece),
+                                 "the agent's stdin in E2B")
 
     async def _wait_for_exit(self, stream: TextStream) -> None:
         try:
@@ -165,13 +139,11 @@ class E2BSandbox(Backend):
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a non-zero exit, or the command stream broke
-            self.end_error = _short(exc)
+            self.end_error = short_error(exc)
         finally:
             await stream.feed_eof()
 
-    async def diagnose(self) -> str | None:
-        if self.sandbox is None:
-            return None
+    async def _describe_end(self) -> list[str]:
         parts: list[str] = []
         code = self.handle.exit_code if self.handle is not None else None
         if code is not None:
@@ -186,43 +158,23 @@ class E2BSandbox(Backend):
                          "was killed)")
         if self.end_error and code is None:
             parts.append(f"the command stream ended: {self.end_error}")
-        tail = self.stderr_tail.last_lines(10)
-        if tail:
-            parts.append(f"the agent's last words: {tail}")
-            if "No module named" in tail:
-                parts.append(MISSING_PACKAGES_HINT)
-        return "; ".join(parts) or None
+        if "No module named" in self.stderr_tail.last_lines(LAST_WORDS_LINES):
+            parts.append(MISSING_PACKAGES_HINT)
+        return parts
 
-    async def destroy(self) -> None:
-        if self.destroyed:
-            return
-        self.destroyed = True
-        if self.stream is not None:
-            with contextlib.suppress(Exception):
-                await self.stream.close()
+    async def _stop_agent(self) -> None:
         if self.handle is not None and self.handle.exit_code is None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(self.handle.kill(), 10.0)
-        if self.sandbox is not None:
-            try:
-                await asyncio.wait_for(self.sandbox.kill(), SDK_TIMEOUT_S)
-            except (Exception, asyncio.CancelledError) as exc:
-                log.warning("e2b_kill_failed", box_id=self.box_id, sandbox_id=self.sandbox_id,
-                            error=_short(exc), note="E2B ends it at its timeout")
-        if self.waiter is not None:
-            self.waiter.cancel()
-            await asyncio.wait([self.waiter], timeout=5.0)
 
-    def emergency_destroy(self) -> None:
-        if self.destroyed or self.sandbox_id is None:
+    async def _terminate(self) -> None:
+        await self.sandbox.kill()
+
+    def _emergency_destroy(self) -> None:
+        if self.sandbox_id is None:
             return
-        self.destroyed = True
         with contextlib.suppress(Exception):
-            _sdk().Sandbox.kill(self.sandbox_id)
-
-    def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "box_id": self.box_id, "sandbox_id": self.sandbox_id,
-                "template": self.template}
+            self.sdk().Sandbox.kill(self.sandbox_id)
 
 
 BACKEND = E2BSandbox

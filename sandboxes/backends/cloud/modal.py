@@ -25,23 +25,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import re
 import weakref
-from pathlib import Path
 from typing import Any
 
-import structlog
-
-from sandboxes.backends.base import Backend, ByteStream, agent_argv
+from sandboxes.backends.base import agent_argv
+from sandboxes.backends.cloud.sdk_surface import SdkCall
+from sandboxes.backends.cloud.stdio_box import SDK_TIMEOUT_S, StdioBoxBackend, provider_lifetime_s, short_error
+from sandboxes.backends.cloud.textstream import TextStream
+from sandboxes.backends.guest_bundle import staged_guest
 from sandboxes.box_tags import box_tags
 from sandboxes.errors import SandboxUnavailable
-from sandboxes.backends.guest_bundle import staged_guest
-from sandboxes.backends.cloud.sdk_surface import SdkCall, load_sdk
 from sandboxes.spec import SandboxSpec
-from sandboxes.backends.cloud.textstream import OutputTail, TextStream
-
-log = structlog.get_logger("sandboxes.modal")
+from sandboxes.transport import ByteStream
 
 CREDENTIALS_HINT = ("configure Modal credentials: run `modal token new` (writes ~/.modal.toml) or set "
                     "MODAL_TOKEN_ID and MODAL_TOKEN_SECRET")
@@ -49,18 +45,14 @@ DEFAULT_APP_NAME = "rlm-sandboxes"
 DEFAULT_IDLE_TIMEOUT_S = 300
 DEFAULT_PYTHON_VERSION = "3.12"
 MIN_CORES = 0.125
-MAX_LIFETIME_S = 24 * 3600
-# Where the image keeps the guest package (on PYTHONPATH), and where each box works.
+# Where the image keeps the guest package (on PYTHONPATH).
 GUEST_ROOT = "/opt/rlm-guest"
-BOX_ROOT = "/tmp/rlm-box-{box_id}"
-STDERR_TAIL = 16 * 1024
-SDK_TIMEOUT_S = 30.0
 DIAGNOSE_WAIT_S = 3.0
 # Modal's stdin takes at most 2 MiB between two drains (modal.io_streams.MAX_BUFFER_SIZE).
 MAX_STDIN_WRITE = 2 * 1024 * 1024
 
 # Every SDK name this module touches, with every keyword it passes. tests/cloud holds this table
-# against the installed SDK and against the fake; ``_sdk`` checks it before the first box.
+# against the installed SDK and against the fake; ``sdk()`` checks it before the first box.
 SDK_SURFACE: tuple[SdkCall, ...] = (
     SdkCall("App.lookup", "aio", ("name", "create_if_missing", "environment_name")),
     SdkCall("Image.debian_slim", "sync", ("python_version",)),
@@ -87,19 +79,9 @@ _apps: "weakref.WeakKeyDictionary[Any, dict[tuple[str, str | None], Any]]" = wea
 _images: "weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], Any]]" = weakref.WeakKeyDictionary()
 
 
-def _sdk() -> Any:
-    """The modal module, after checking it offers everything this backend calls."""
-    return load_sdk("modal", SDK_SURFACE, "modal")
-
-
-def _short(exc: BaseException) -> str:
-    text = f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
-    return text if len(text) <= 300 else text[:300] + "..."
-
-
 def _requirements() -> list[str]:
     """The guest's packages, from images/requirements.txt (shared with the Docker image)."""
-    from sandboxes.backends.docker.image_build import source_root
+    from sandboxes.backends.image_sources import source_root
 
     path = source_root() / "images" / "requirements.txt"
     try:
@@ -117,7 +99,7 @@ def _python_version(spec: SandboxSpec) -> str:
     if spec.options.get("python_version"):
         return str(spec.options["python_version"])
     try:
-        from sandboxes.backends.docker.image_build import default_base_image
+        from sandboxes.backends.image_sources import default_base_image
 
         match = re.search(r"python:(\d+\.\d+)", default_base_image())
     except Exception:
@@ -166,18 +148,15 @@ async def _app(modal: Any, name: str, environment: str | None) -> Any:
     return entry
 
 
-class ModalSandbox(Backend):
+class ModalSandbox(StdioBoxBackend):
     name = "modal"
+    sdk_module = "modal"
+    sdk_surface = SDK_SURFACE
+    terminate_backstop = "Modal ends it at its timeout/idle_timeout"
 
     def __init__(self, spec: SandboxSpec, box_id: str) -> None:
         super().__init__(spec, box_id)
-        self.sandbox: Any = None
-        self.sandbox_id: str | None = None
-        self.stream: TextStream | None = None
-        self.stderr_tail = OutputTail(STDERR_TAIL)
-        self.pumps: list[asyncio.Task[None]] = []
         self.stdout_error: str | None = None
-        self.destroyed = False
         self.idle_timeout_s = int(spec.options.get("idle_timeout_s", DEFAULT_IDLE_TIMEOUT_S))
 
     def _create_kwargs(self, modal: Any, app: Any) -> dict[str, Any]:
@@ -190,9 +169,7 @@ class ModalSandbox(Backend):
             "image": kernel_image(modal, spec),
             "tags": box_tags(spec, self.box_id),
             "env": dict(spec.env),
-            # The controller expires the box at lifetime_s after it is ready; Modal's own limit, counted
-            # from creation, is the backstop for a controller that died.
-            "timeout": min(MAX_LIFETIME_S, math.ceil(spec.lifetime_s + spec.startup_timeout_s)),
+            "timeout": provider_lifetime_s(spec),
             "idle_timeout": self.idle_timeout_s,
             # spec.cpus counts logical CPUs, as Docker does; Modal's unit is a physical core (2 logical).
             "cpu": (modal_cores(spec.cpus), modal_cores(spec.cpus)),
@@ -207,17 +184,17 @@ class ModalSandbox(Backend):
 
     @property
     def workdir(self) -> str:
-        return BOX_ROOT.format(box_id=self.box_id) + "/work"
+        return self.root + "/work"
 
     async def start(self) -> ByteStream:
-        modal = _sdk()
+        modal = self.sdk()
         app_name = str(self.spec.options.get("app_name", DEFAULT_APP_NAME))
         environment = self.spec.options.get("environment")
         try:
             app = await _app(modal, app_name, environment)
         except Exception as exc:
             raise SandboxUnavailable(
-                f"could not reach the Modal app {app_name!r} ({_short(exc)}): {CREDENTIALS_HINT}; "
+                f"could not reach the Modal app {app_name!r} ({short_error(exc)}): {CREDENTIALS_HINT}; "
                 "`modal token info` shows which workspace the credentials belong to") from None
         argv = agent_argv("python", self.spec, self.workdir, None)
         try:
@@ -225,23 +202,22 @@ class ModalSandbox(Backend):
         except SandboxUnavailable:
             raise
         except Exception as exc:
-            raise SandboxUnavailable(f"Modal refused to create the sandbox ({_short(exc)}); check the "
+            raise SandboxUnavailable(f"Modal refused to create the sandbox ({short_error(exc)}); check the "
                                      f"credentials ({CREDENTIALS_HINT}) and the workspace's limits") from None
         self.sandbox_id = self.sandbox.object_id
-        log.debug("modal_sandbox_created", box_id=self.box_id, sandbox_id=self.sandbox_id)
+        self.log.debug("modal_sandbox_created", box_id=self.box_id, sandbox_id=self.sandbox_id)
         keepalive = max(1.0, self.idle_timeout_s / 4)
         self.stream = TextStream(self._send, max_write=MAX_STDIN_WRITE, keepalive=keepalive)
-        self.pumps = [asyncio.create_task(self._pump_stdout(self.stream), name=f"modal-stdout-{self.box_id}"),
+        self.tasks = [asyncio.create_task(self._pump_stdout(self.stream), name=f"modal-stdout-{self.box_id}"),
                       asyncio.create_task(self._pump_stderr(), name=f"modal-stderr-{self.box_id}")]
         return self.stream
 
     async def _send(self, piece: bytes) -> None:
-        try:
+        async def write() -> None:
             self.sandbox.stdin.write(data=piece)
             await self.sandbox.stdin.drain.aio()
-        except Exception as exc:
-            # The channel treats connection errors as a lost box; anything else would escape to the user.
-            raise ConnectionResetError(f"writing to the Modal sandbox's stdin failed: {_short(exc)}") from None
+
+        await self.guarded_write(write(), "the Modal sandbox's stdin")
 
     async def _pump_stdout(self, stream: TextStream) -> None:
         try:
@@ -250,7 +226,7 @@ class ModalSandbox(Backend):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self.stdout_error = _short(exc)
+            self.stdout_error = short_error(exc)
         finally:
             await stream.feed_eof()
 
@@ -259,9 +235,7 @@ class ModalSandbox(Backend):
             async for chunk in self.sandbox.stderr:
                 self.stderr_tail.add(chunk)
 
-    async def diagnose(self) -> str | None:
-        if self.sandbox is None:
-            return None
+    async def _describe_end(self) -> list[str]:
         parts: list[str] = []
         code = None
         try:
@@ -272,7 +246,7 @@ class ModalSandbox(Backend):
         except TimeoutError:
             pass
         except Exception as exc:
-            parts.append(f"Modal could not say how the sandbox {self.sandbox_id} ended ({_short(exc)})")
+            parts.append(f"Modal could not say how the sandbox {self.sandbox_id} ended ({short_error(exc)})")
         if code is not None:
             what = f"the Modal sandbox {self.sandbox_id} ended with exit code {code}"
             if code in (137, -9):
@@ -283,38 +257,16 @@ class ModalSandbox(Backend):
             parts.append(f"the Modal sandbox {self.sandbox_id} still runs but its agent's output ended")
         if self.stdout_error:
             parts.append(f"reading its stdout failed: {self.stdout_error}")
-        tail = self.stderr_tail.last_lines(10)
-        if tail:
-            parts.append(f"the agent's last words: {tail}")
-        return "; ".join(parts)
+        return parts
 
-    async def destroy(self) -> None:
-        if self.destroyed:
-            return
-        self.destroyed = True
-        if self.stream is not None:
-            with contextlib.suppress(Exception):
-                await self.stream.close()
-        if self.sandbox is not None:
-            try:
-                await asyncio.wait_for(self.sandbox.terminate.aio(), SDK_TIMEOUT_S)
-            except (Exception, asyncio.CancelledError) as exc:
-                log.warning("modal_terminate_failed", box_id=self.box_id, sandbox_id=self.sandbox_id,
-                            error=_short(exc), note="Modal ends it at its timeout/idle_timeout")
-        for task in self.pumps:
-            task.cancel()
-        if self.pumps:
-            await asyncio.wait(self.pumps, timeout=5.0)
+    async def _terminate(self) -> None:
+        await self.sandbox.terminate.aio()
 
-    def emergency_destroy(self) -> None:
-        if self.destroyed or self.sandbox is None:
+    def _emergency_destroy(self) -> None:
+        if self.sandbox is None:
             return
-        self.destroyed = True
         with contextlib.suppress(Exception):
             self.sandbox.terminate()
-
-    def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "box_id": self.box_id, "sandbox_id": self.sandbox_id}
 
 
 BACKEND = ModalSandbox

@@ -19,7 +19,7 @@ import collections
 import contextlib
 from typing import Awaitable, Callable
 
-from sandboxes.backends.base import ByteStream
+from sandboxes.transport import ByteStream
 
 Send = Callable[[bytes], Awaitable[None]]
 

@@ -21,7 +21,6 @@ import concurrent.futures
 import itertools
 import os
 import shutil
-import stat
 import tempfile
 import time
 from pathlib import Path
@@ -29,13 +28,14 @@ from typing import Any
 
 import structlog
 
-from sandboxes.backends.base import Backend, ByteStream, agent_argv
-from sandboxes.box_tags import box_tags
-from sandboxes.backends.docker.engine import RUN_ID_LABEL, engine_client, engine_runtimes, require_runtime
+from sandboxes.backends.base import Backend, agent_argv
+from sandboxes.backends.docker.channel_dirs import CONTAINER_PREFIX, channel_parent
+from sandboxes.backends.docker.engine import engine_client, engine_runtimes, require_runtime
+from sandboxes.backends.docker.image_check import DEFAULT_IMAGE, check_image
+from sandboxes.box_tags import RUN_ID_LABEL, box_tags
 from sandboxes.errors import SandboxStartError, SandboxUnavailable
-from sandboxes.backends.docker.image_build import DEFAULT_IMAGE, check_image
 from sandboxes.spec import SandboxSpec
-from sandboxes.transport import UnixListener
+from sandboxes.transport import ByteStream, UnixListener
 
 log = structlog.get_logger("sandboxes.docker")
 
@@ -45,13 +45,10 @@ BOX_PYTHON = "/opt/kernel/bin/python"
 BOX_WORKDIR = "/home/sandbox"
 BOX_CHANNEL_DIR = "/run/sandbox"
 SOCKET_NAME = "agent.sock"
-CONTAINER_PREFIX = "rlm-box-"
 # /tmp and /dev/shm are small: the working folder is where data belongs.
 TMP_MAX_MB = 64
 # The agent's own stderr lands in the engine's log; kernel code can write there too, so it is capped.
 LOG_MAX = "1m"
-# Host folder under which each box gets its channel folder; short, because socket paths are limited.
-RUN_DIR_ENV = "RLM_SANDBOX_RUN_DIR"
 # How often start-up looks whether the container died before its agent connected.
 START_POLL_S = (0.25, 0.5, 1.0, 2.0)
 REMOVE_TIMEOUT_S = 30.0
@@ -151,27 +148,6 @@ def engine_pids_limit(spec: SandboxSpec) -> int:
     return spec.pids
 
 
-def channel_parent() -> str:
-    """The folder holding this user's channel folders: private (0700), so no other user of the host
-    can reach a box's socket and pose as its agent. Each box's own folder is bind-mounted directly,
-    so the box needs no access to this one."""
-    configured = os.environ.get(RUN_DIR_ENV)
-    if configured:
-        return configured
-    path = Path(tempfile.gettempdir()) / f"rlm-sandboxes-{os.geteuid()}"
-    try:
-        path.mkdir(mode=0o700)
-    except FileExistsError:
-        pass
-    info = path.lstat()
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
-        raise SandboxUnavailable(f"{path} exists but is not a folder of this user: remove it, or set "
-                                 f"{RUN_DIR_ENV} to a private folder for the boxes' channels")
-    if info.st_mode & 0o077:
-        os.chmod(path, 0o700)
-    return str(path)
-
-
 class DockerSandbox(Backend):
     """One container per box. Not reusable: start once, destroy once."""
 
@@ -183,7 +159,6 @@ class DockerSandbox(Backend):
         self.container_id: str | None = None
         self.dir: Path | None = None
         self.listener: UnixListener | None = None
-        self.destroyed = False
         self._create: concurrent.futures.Future[Any] | None = None
         self._client: Any = None
         self._started_at = 0.0
@@ -320,10 +295,7 @@ class DockerSandbox(Backend):
 
     # --- destroy ------------------------------------------------------------------------------
 
-    async def destroy(self) -> None:
-        if self.destroyed:
-            return
-        self.destroyed = True
+    async def _destroy(self) -> None:
         if self._create is not None and not self._create.done():
             # A create still in flight would otherwise bring the container up after we removed it.
             try:
@@ -357,11 +329,8 @@ class DockerSandbox(Backend):
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
 
-    def emergency_destroy(self) -> None:
+    def _emergency_destroy(self) -> None:
         """At interpreter exit or SIGTERM: remove the container synchronously, best effort."""
-        if self.destroyed:
-            return
-        self.destroyed = True
         try:
             if self._create is not None:
                 try:
@@ -374,9 +343,6 @@ class DockerSandbox(Backend):
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "box_id": self.box_id, "container": self.container_name,
-                "runtime": self.spec.runtime or "default", "image": self.spec.image or DEFAULT_IMAGE}
 
 
 BACKEND = DockerSandbox

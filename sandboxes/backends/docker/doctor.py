@@ -174,7 +174,7 @@ def run_doctor(image: str | None = None, start_boxes: bool = True) -> Report:
     """Every check, in order; stops early only where later checks cannot run."""
     from sandboxes.backends.docker.engine import HOW_TO_START, engine_client, engine_runtimes
     from sandboxes.errors import SandboxUnavailable
-    from sandboxes.backends.docker.image_build import BUILD_COMMAND, DEFAULT_IMAGE, describe_image
+    from sandboxes.backends.docker.image_check import BUILD_COMMAND, DEFAULT_IMAGE, describe_image
 
     report = Report()
     image = image or DEFAULT_IMAGE

@@ -26,24 +26,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from sandboxes.backends.docker.engine import BUILD_KEY_LABEL, GUEST_VERSION_LABEL, LABEL_PREFIX, engine_client
-from sandboxes.errors import SandboxError, SandboxUnavailable
+from sandboxes.backends.docker.engine import BUILD_KEY_LABEL, GUEST_VERSION_LABEL, engine_client
+from sandboxes.backends.docker.image_check import BUILD_COMMAND, DEFAULT_IMAGE
 from sandboxes.backends.guest_bundle import write_guest
+from sandboxes.backends.image_sources import ImageBuildError, default_base_image, images_dir
+from sandboxes.box_tags import LABEL_PREFIX
 from sandboxes.guest.protocol import guest_sources, guest_version
 
-DEFAULT_IMAGE = "rlm-sandbox-kernel:latest"
 DEBIAN_BASE_IMAGE = "rlm-sandbox-base:bookworm"
 DEBIAN_SUITE = "bookworm"
 DEBIAN_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 # On the kernel image: the base it was built on, reused by later rebuilds.
 BASE_LABEL = f"{LABEL_PREFIX}.base-image"
-BUILD_COMMAND = "rlm sandbox build-image"
 
 Log = Callable[[str], None]
-
-
-class ImageBuildError(SandboxError):
-    """The kernel image could not be built; the message says which step failed and what to do."""
 
 
 @dataclass(frozen=True)
@@ -54,64 +50,6 @@ class BuildResult:
     guest_version: str
     reused: bool
     seconds: float
-
-
-def source_root() -> Path:
-    """The folder holding ``images/`` and ``sandboxes/`` (the project checkout)."""
-    return Path(__file__).resolve().parents[3]
-
-
-def images_dir() -> Path:
-    path = source_root() / "images"
-    if not (path / "Dockerfile").is_file():
-        raise ImageBuildError(
-            f"{path}/Dockerfile not found: the image is built from a checkout of the project "
-            "(install it with `pip install -e .` from the checkout)"
-        )
-    return path
-
-
-def default_base_image() -> str:
-    """The ``ARG BASE_IMAGE=...`` default of the Dockerfile, so the base is named in one place."""
-    text = (images_dir() / "Dockerfile").read_text()
-    match = re.search(r"^ARG\s+BASE_IMAGE=(\S+)", text, re.MULTILINE)
-    if not match:
-        raise ImageBuildError("images/Dockerfile has no `ARG BASE_IMAGE=...` line")
-    return match.group(1)
-
-
-# ---------------------------------------------------------------------------------------------- checks
-
-
-def image_guest_version(client: Any, image: str) -> str | None:
-    """The guest version an image was built with; None when the image is not present."""
-    import docker.errors
-
-    try:
-        attrs = client.images.get(image).attrs
-    except docker.errors.ImageNotFound:
-        return None
-    labels = (attrs.get("Config") or {}).get("Labels") or {}
-    return labels.get(GUEST_VERSION_LABEL, "")
-
-
-def check_image(client: Any, image: str) -> None:
-    """Fail fast, before any container starts, when the image is missing or holds another guest."""
-    found = image_guest_version(client, image)
-    command = BUILD_COMMAND + ("" if image == DEFAULT_IMAGE else f" --tag {image}")
-    if found is None:
-        raise SandboxUnavailable(
-            f"the kernel image {image!r} is not present on the Docker engine: build it with `{command}`"
-        )
-    expected = guest_version()
-    if found != expected:
-        raise SandboxUnavailable(
-            f"the kernel image {image!r} is stale: it holds guest version {found or 'unknown'!r} but this "
-            f"controller is {expected!r}; run `{command}`"
-        )
-
-
-# ---------------------------------------------------------------------------------------------- build
 
 
 def build_image(
@@ -398,27 +336,3 @@ def _docker_build(client: Any, context: Path, tag: str, base: str, version: str,
         if isinstance(chunk, dict) and chunk.get("stream", "").startswith("Step "):
             say(chunk["stream"].strip())
     return image.id
-
-
-def describe_image(client: Any, image: str) -> dict[str, Any]:
-    """What `doctor` shows of an image: present, guest version, and whether it matches this controller."""
-    found = image_guest_version(client, image)
-    return {
-        "image": image,
-        "present": found is not None,
-        "guest_version": found,
-        "expected_guest_version": guest_version(),
-        "up_to_date": found == guest_version(),
-    }
-
-
-__all__ = [
-    "BuildResult",
-    "DEFAULT_IMAGE",
-    "ImageBuildError",
-    "build_image",
-    "check_image",
-    "describe_image",
-    "ensure_debian_base",
-    "image_guest_version",
-]

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sandboxes.backends.docker.engine import (BOX_ID_LABEL, EXPIRES_LABEL, MANAGED_LABEL, OWNER_LABEL, engine_client,
-                                     owner_alive)
+from sandboxes.backends.docker.channel_dirs import CONTAINER_PREFIX, channel_parent
+from sandboxes.backends.docker.engine import engine_client
+from sandboxes.box_tags import BOX_ID_LABEL, EXPIRES_LABEL, MANAGED_LABEL, OWNER_LABEL, owner_alive
 
 # A channel folder with no container is left alone this long: its box may be starting right now.
 FOLDER_GRACE_S = 300.0
@@ -84,8 +85,6 @@ def reap(*, dry_run: bool = False, client: Any = None, now: float | None = None)
 
 def remove_stale_channel_folders(client: Any, parent: str | None = None) -> list[Path]:
     """Channel folders (``rlm-box-<id>-*``) of this user whose container no longer exists."""
-    from sandboxes.backends.docker.backend import CONTAINER_PREFIX, channel_parent
-
     root = Path(parent or channel_parent())
     live = {c.name.removeprefix(CONTAINER_PREFIX) for c in managed_containers(client)}
     removed: list[Path] = []

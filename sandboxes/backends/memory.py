@@ -1,0 +1,172 @@
+"""An in-memory backend: no box, no process; the agent's side of the stream is a script of the caller's.
+
+For unit tests of the channel, the sandbox and the pool, and for anyone testing code built on
+``open_sandbox``, the way httpx's ``MockTransport`` serves tests of an HTTP client:
+
+    async def agent(peer: MemoryAgent) -> None:
+        await peer.say_ready()
+        async for message in peer:
+            if message["type"] == "execute":
+                await peer.send({"type": "result", "id": message["id"], "status": "ok", "stdout": "hi\\n"})
+
+    async with open_sandbox(SandboxSpec(), backend=MemoryBackend.factory(agent)) as box:
+        assert (await box.execute("anything")).stdout == "hi\\n"
+
+The script sees the protocol exactly as an agent does (decoded, checked messages; it may also send
+raw bytes, garbage included) and the box ends when the script returns or ``destroy`` runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+from sandboxes.backends.base import Backend, BackendFactory
+from sandboxes.guest import protocol
+from sandboxes.guest.protocol import LineBuffer
+from sandboxes.spec import SandboxSpec
+from sandboxes.transport import ByteStream
+
+AgentScript = Callable[["MemoryAgent"], Awaitable[None]]
+
+
+class MemoryStream(ByteStream):
+    """One end of an in-memory duplex pipe (see ``memory_pipe``)."""
+
+    def __init__(self, incoming: asyncio.Queue[bytes], outgoing: asyncio.Queue[bytes]) -> None:
+        self._incoming = incoming
+        self._outgoing = outgoing
+        self.closed = False
+
+    async def read(self) -> bytes:
+        if self.closed:
+            return b""
+        return await self._incoming.get()
+
+    async def write(self, data: bytes) -> None:
+        if self.closed:
+            raise ConnectionResetError("the in-memory stream is closed")
+        if data:
+            self._outgoing.put_nowait(bytes(data))
+
+    async def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._outgoing.put_nowait(b"")  # the other end reads end of stream
+            self._incoming.put_nowait(b"")  # wake a read of our own in flight
+
+
+def memory_pipe() -> tuple[MemoryStream, MemoryStream]:
+    """Two connected streams: what one writes, the other reads."""
+    a: asyncio.Queue[bytes] = asyncio.Queue()
+    b: asyncio.Queue[bytes] = asyncio.Queue()
+    return MemoryStream(a, b), MemoryStream(b, a)
+
+
+class MemoryAgent:
+    """The agent's end of a memory box, for a script to drive."""
+
+    def __init__(self, stream: MemoryStream) -> None:
+        self.stream = stream
+        self._buffer = LineBuffer()
+        self._pending: list[bytes | None] = []
+
+    async def receive(self) -> dict[str, Any] | None:
+        """The controller's next message, checked as the agent checks it; None at end of stream."""
+        while not self._pending:
+            data = await self.stream.read()
+            if not data:
+                return None
+            self._pending.extend(self._buffer.feed(data))
+        line = self._pending.pop(0)
+        if line is None:
+            raise protocol.ProtocolError("a line over the size cap")
+        return protocol.decode(line, protocol.TO_AGENT)
+
+    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        while (message := await self.receive()) is not None:
+            yield message
+
+    async def send(self, message: dict[str, Any] | bytes) -> None:
+        """Send a message (encoded as the agent would), or raw bytes (anything at all)."""
+        await self.stream.write(protocol.encode(message) if isinstance(message, dict) else message)
+
+    async def say_ready(self, guest: str | None = None) -> None:
+        """The ``ready`` a real agent sends: this controller's protocol and guest version by default."""
+        await self.send({"type": "ready", "protocol": protocol.PROTOCOL_VERSION,
+                         "versions": {"guest": guest or protocol.guest_version(), "workdir": "/memory"}})
+
+    async def close(self) -> None:
+        await self.stream.close()
+
+
+async def echo_agent(peer: MemoryAgent) -> None:
+    """A well-behaved agent: ready, then every cell succeeds printing its own code, pings are answered,
+    files are accepted, and ``shutdown`` ends the box."""
+    await peer.say_ready()
+    async for message in peer:
+        kind = message["type"]
+        if kind == "execute":
+            await peer.send({"type": "result", "id": message["id"], "status": "ok", "stdout": message["code"]})
+        elif kind == "ping":
+            await peer.send({"type": "pong", "id": message["id"]})
+        elif kind == "put_file" and message["last"]:
+            await peer.send({"type": "result", "id": message["id"], "status": "ok"})
+        elif kind == "shutdown":
+            return
+
+
+class MemoryBackend(Backend):
+    """A box whose agent is ``script`` running in this event loop. ``start_error`` makes start fail
+    with it; ``diagnosis`` is what ``diagnose`` says after the stream ends."""
+
+    name = "memory"
+
+    def __init__(self, spec: SandboxSpec, box_id: str, script: AgentScript = echo_agent, *,
+                 start_error: BaseException | None = None, diagnosis: str | None = None) -> None:
+        super().__init__(spec, box_id)
+        self.script = script
+        self.start_error = start_error
+        self.diagnosis = diagnosis
+        self.agent: MemoryAgent | None = None
+        self._ours: MemoryStream | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def factory(cls, script: AgentScript = echo_agent, **options: Any) -> BackendFactory:
+        """A factory for ``open_sandbox(..., backend=...)`` or a pool: one MemoryBackend per box."""
+        return lambda spec, box_id: cls(spec, box_id, script, **options)
+
+    async def start(self) -> ByteStream:
+        if self.start_error is not None:
+            raise self.start_error
+        ours, theirs = memory_pipe()
+        self._ours = ours
+        self.agent = MemoryAgent(theirs)
+        self._task = asyncio.create_task(self._run(self.agent), name=f"memory-agent-{self.box_id}")
+        return ours
+
+    async def _run(self, agent: MemoryAgent) -> None:
+        try:
+            await self.script(agent)
+        finally:
+            await agent.close()  # a script that returns ends the box, as an agent that exits does
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def _destroy(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+        if self._ours is not None:
+            await self._ours.close()
+
+    async def diagnose(self) -> str | None:
+        return self.diagnosis
+
+
+BACKEND = MemoryBackend
