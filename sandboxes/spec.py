@@ -1,17 +1,60 @@
 """SandboxSpec: every limit a sandbox enforces, with the defaults a careful operator would pick.
 
-A spec is plain frozen data so it can be logged, compared and shared between a pool and its boxes.
-Backends read what applies to them; a limit a backend cannot enforce is documented in that backend.
+A spec is plain frozen data so it can be logged, compared, hashed and shared between a pool and its
+boxes: its mappings (``env``, ``labels``, ``options``) are taken as dicts and kept as ``FrozenMap``\ s,
+read-only and hashable, so nobody can change a spec that boxes are already built from. Backends read
+what applies to them; a limit a backend cannot enforce is documented in that backend.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator, Mapping
 
 BACKENDS = ("local", "docker", "modal", "e2b")
 RUNTIMES = (None, "runc", "runsc")
+
+
+class FrozenMap(Mapping[str, Any]):
+    """A read-only mapping with a hash, its keys in sorted order. Nested dicts and lists in the values
+    are frozen too (to FrozenMaps and tuples), so the whole value is immutable and hashable."""
+
+    __slots__ = ("_items", "_hash")
+
+    def __init__(self, items: Mapping[str, Any] | None = None) -> None:
+        self._items = {key: _freeze(value) for key, value in sorted(dict(items or {}).items())}
+        self._hash: int | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            self._hash = hash(tuple(self._items.items()))
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and dict(self._items) == dict(other.items())
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._items!r})"
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping) and not isinstance(value, FrozenMap):
+        return FrozenMap(value)
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(item) for item in value)
+    if isinstance(value, (set, frozenset)):
+        return frozenset(_freeze(item) for item in value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -38,13 +81,19 @@ class SandboxSpec:
     # Open files inside the box (RLIMIT_NOFILE).
     nofile: int = 1024
     # Extra environment for the kernel. Only what the caller puts here enters the box: never secrets.
-    env: dict[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=FrozenMap)
     # Labels recorded on the box (Docker labels, Modal tags, E2B metadata) for ownership and reaping.
-    labels: dict[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=FrozenMap)
     # Backend-specific settings (e.g. Modal app name and environment, E2B template).
-    options: dict[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=FrozenMap)
 
     def __post_init__(self) -> None:
+        for name in ("env", "labels", "options"):
+            value = getattr(self, name)
+            if not isinstance(value, Mapping):
+                raise ValueError(f"{name} must be a mapping (a dict), not {type(value).__name__}")
+            if not isinstance(value, FrozenMap):
+                object.__setattr__(self, name, FrozenMap(value))
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown sandbox backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
         if self.runtime not in RUNTIMES:
