@@ -52,7 +52,6 @@ class Channel:
         self.lost: str | None = None
         self.violations = 0
         self.on_lost: Callable[[str], None] | None = None
-        self.calls_served = 0
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -173,7 +172,6 @@ class Channel:
                 fut.set_result(message)
         elif kind == "call":
             self._start_call(message)
-        # "stream" messages are optional progress; nothing consumes them yet.
 
     # --- guest calls --------------------------------------------------------------------------
 
@@ -207,7 +205,6 @@ class Channel:
                 text = str(exc) or exc.__class__.__name__
                 await self._reply(message["id"], False, error=f"{exc.__class__.__name__}: {text}"[:8192])
                 return
-        self.calls_served += 1
         await self._reply(message["id"], True, value=value)
 
     async def _reply(self, to: str, ok: bool, *, value: Any = None, error: str | None = None) -> None:

@@ -33,11 +33,6 @@ def unregister(backend: Any) -> None:
         _live.pop(id(backend), None)
 
 
-def live_count() -> int:
-    with _lock:
-        return len(_live)
-
-
 def destroy_all() -> None:
     with _lock:
         backends = list(_live.values())

@@ -1,7 +1,7 @@
 """SandboxSpec: every limit a sandbox enforces, with the defaults a careful operator would pick.
 
 A spec is plain frozen data so it can be logged, compared, hashed and shared between a pool and its
-boxes: its mappings (``env``, ``labels``, ``options``) are taken as dicts and kept as ``FrozenMap``\ s,
+boxes: its mappings (``env``, ``labels``, ``options``) are taken as dicts and kept as ``FrozenMap`` objects,
 read-only and hashable, so nobody can change a spec that boxes are already built from. Backends read
 what applies to them; a limit a backend cannot enforce is documented in that backend.
 """

@@ -64,7 +64,9 @@ class SandboxContract:
             r = await box.execute("while True: pass", timeout=2)
             elapsed = time.monotonic() - started
             assert r.status == "timeout", r
-            assert elapsed < 4.0, elapsed
+            # Stopped by its own timeout, not by the controller giving up on the agent (that would take
+            # timeout + grace + startup_timeout_s + slack, over a minute, and say sandbox_lost).
+            assert elapsed < 2 + box.spec.kill_grace_s + 20, elapsed
             assert r.error is not None and r.error.name == "KeyboardInterrupt"
             after = await box.execute("print(kept)")
             assert after.status == "ok" and after.stdout == "still here\n"
@@ -80,8 +82,9 @@ class SandboxContract:
             r = await box.execute(code, timeout=1.5)
             elapsed = time.monotonic() - started
             assert r.status == "kernel_restarted", r
-            # timeout + grace, plus the time a new kernel takes to come up
-            assert elapsed < 1.5 + 1.0 + 5.0, elapsed
+            # timeout + grace, plus the time a new kernel takes to come up (seconds under gVisor on a
+            # loaded machine); far less than the controller's own give-up deadline of over a minute
+            assert elapsed < 1.5 + 1.0 + 30.0, elapsed
             assert r.notice and "restarted" in r.notice
             nxt = await box.execute("print('alive')\n'lost' in globals()")
             assert nxt.status == "ok" and nxt.stdout == "alive\n"
@@ -91,18 +94,15 @@ class SandboxContract:
     async def test_huge_output_is_capped(self) -> None:
         limit = 64 * 1024
         async with open_sandbox(self.make_spec(output_limit_bytes=limit)) as box:
-            started = time.monotonic()
             r = await box.execute(
                 "import sys\nchunk = 'x' * (1 << 20)\n"
                 "sys.stdout.write('BEGIN')\n"
                 "for _ in range(1024): sys.stdout.write(chunk)\n"  # 1 GiB through print paths
                 "sys.stdout.write('END')\n", timeout=120)
-            elapsed = time.monotonic() - started
-            assert r.status == "ok", r
+            assert r.status == "ok", r  # within its timeout: the flood is cut in the box, not carried
             assert r.stdout.startswith("BEGIN") and r.stdout.endswith("END")
             assert "characters omitted" in r.stdout
             assert len(r.stdout) <= 2 * limit + 200
-            assert elapsed < 60, elapsed
 
     async def test_subprocess_output_is_capped(self) -> None:
         limit = 32 * 1024
@@ -190,11 +190,18 @@ class SandboxContract:
             assert a.box_id != b.box_id
 
     async def test_interrupt_from_controller(self) -> None:
-        async with open_sandbox(self.make_spec()) as box:
-            cell = asyncio.ensure_future(box.execute("import time\nwhile True: time.sleep(0.01)", timeout=30))
-            await asyncio.sleep(1.0)
+        started = asyncio.Event()
+
+        async def cell_started(payload: Any) -> None:
+            started.set()
+
+        async with open_sandbox(self.make_spec(), handlers={"started": cell_started}) as box:
+            cell = asyncio.ensure_future(box.execute(
+                "import time\nfrom sandboxes.guest.runtime import call\ncall('started')\n"
+                "while True: time.sleep(0.01)", timeout=120))
+            await asyncio.wait_for(started.wait(), 60)  # the cell runs its loop now
             await box.interrupt()
-            r = await asyncio.wait_for(cell, 10)
+            r = await asyncio.wait_for(cell, 60)
             assert r.status == "error" and r.error is not None and r.error.name == "KeyboardInterrupt"
 
     async def test_rich_display_image(self) -> None:

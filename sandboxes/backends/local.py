@@ -27,6 +27,8 @@ from sandboxes.backends.guest_bundle import write_guest
 from sandboxes.transport import ByteStream, UnixListener
 
 MARKER_ENV = "SANDBOX_BOX_ID"
+# The controller process that started the box: its boxes' processes can be found after the fact.
+CONTROLLER_ENV = "SANDBOX_CONTROLLER_PID"
 
 
 def _minimal_env(home: Path, guest_root: Path, box_id: str, extra: dict[str, str]) -> dict[str, str]:
@@ -40,6 +42,7 @@ def _minimal_env(home: Path, guest_root: Path, box_id: str, extra: dict[str, str
         # Fewer malloc arenas keep a kernel's address space inside RLIMIT_AS.
         "MALLOC_ARENA_MAX": "2",
         MARKER_ENV: box_id,
+        CONTROLLER_ENV: str(os.getpid()),
     }
     env.update(extra)
     return env

@@ -64,11 +64,10 @@ SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...] | None, bool]]] = {
     },
     "call": {"id": (_STR, True), "name": (_STR, True), "payload": (_ANY, False)},
     "pong": {"id": (_STR, True)},
-    "stream": {"id": (_STR, True), "name": (_STR, True), "text": (_STR, True)},
 }
 
 TO_AGENT = frozenset({"execute", "interrupt", "put_file", "reply", "ping", "shutdown"})
-TO_CONTROLLER = frozenset({"ready", "result", "call", "pong", "stream"})
+TO_CONTROLLER = frozenset({"ready", "result", "call", "pong"})
 
 MAX_ID_CHARS = 64
 MAX_CALL_NAME_CHARS = 128

@@ -124,17 +124,21 @@ async def test_keepalive_only_between_lines() -> None:
     sent: list[bytes] = []
     gate = asyncio.Event()
 
+    keepalives = asyncio.Event()
+
     async def send(piece: bytes) -> None:
         sent.append(piece)
+        if piece == b"\n" and sent.count(b"\n") >= 2:
+            keepalives.set()
         if piece.startswith(b"{"):
             await gate.wait()
 
     stream = TextStream(send, keepalive=0.05)
-    await asyncio.sleep(0.2)
-    assert sent and set(sent) == {b"\n"}  # idle: newlines go out
+    await asyncio.wait_for(keepalives.wait(), 30)
+    assert set(sent) == {b"\n"}  # idle: newlines go out
     sent.clear()
     await stream.write(b'{"a":1}\n')
-    await asyncio.sleep(0.2)  # the send is stuck mid-message: no newline may slip in
+    await asyncio.sleep(0.2)  # four keepalive periods with the send stuck mid-message: no newline may slip in
     assert sent == [b'{"a":1}\n']
     gate.set()
     assert await stream.flush(1)

@@ -60,17 +60,19 @@ async def test_no_process_left_after_cancellation() -> None:
     opened = asyncio.Event()
     ids: list[str] = []
 
+    async def cell_running(payload: object) -> None:
+        opened.set()
+
     async def run() -> None:
-        async with open_sandbox(SandboxSpec()) as box:
+        async with open_sandbox(SandboxSpec(), handlers={"running": cell_running}) as box:
             ids.append(box.box_id)
             await box.execute("import subprocess; subprocess.Popen(['sleep', '300'], start_new_session=True)")
-            opened.set()
-            await box.execute("import time; time.sleep(60)", timeout=120)
+            await box.execute("import time\nfrom sandboxes.guest.runtime import call\ncall('running')\n"
+                              "time.sleep(60)", timeout=120)
 
     task = asyncio.create_task(run())
-    await asyncio.wait_for(opened.wait(), 30)
+    await asyncio.wait_for(opened.wait(), 60)  # cancelled while a cell runs
     assert box_processes(ids[0])
-    await asyncio.sleep(0.3)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -80,7 +82,10 @@ async def test_no_process_left_after_cancellation() -> None:
 async def test_cancelled_during_start_leaves_nothing() -> None:
     before = set(box_processes())
     task = asyncio.create_task(open_sandbox(SandboxSpec()).__aenter__())
-    await asyncio.sleep(0.3)  # the agent is up, the kernel is still starting
+    async with asyncio.timeout(60):  # cancelled once the box has processes, before it is ready
+        while not set(box_processes()) - before and not task.done():
+            await asyncio.sleep(0.01)
+    assert not task.done(), "the box became ready before the test could cancel its start"
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -101,18 +101,19 @@ async def test_destroyed_on_close_with_its_channel_folder(docker_client: Any) ->
 
 async def test_destroyed_when_the_caller_is_cancelled(docker_client: Any) -> None:
     names: list[str] = []
+    running = asyncio.Event()
+
+    async def cell_running(payload: Any) -> None:
+        running.set()
 
     async def user() -> None:
-        async with open_sandbox(SandboxSpec(backend="docker")) as box:
+        async with open_sandbox(SandboxSpec(backend="docker"), handlers={"running": cell_running}) as box:
             names.append(box.backend.container_name)
-            await box.execute("import time\nwhile True: time.sleep(0.1)", timeout=60)
+            await box.execute("import time\nfrom sandboxes.guest.runtime import call\ncall('running')\n"
+                              "while True: time.sleep(0.1)", timeout=120)
 
     task = asyncio.create_task(user())
-    for _ in range(300):
-        if names:
-            break
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(0.5)
+    await asyncio.wait_for(running.wait(), 120)  # cancelled while its cell runs
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -138,7 +139,9 @@ async def test_lifetime_reached(docker_client: Any) -> None:
     async with open_sandbox(SandboxSpec(backend="docker", lifetime_s=3)) as box:
         assert (await box.execute("1")).status == "ok"
         name = box.backend.container_name
-        await asyncio.sleep(3.5)
+        async with asyncio.timeout(60):  # the box is destroyed when its lifetime ends, by no one's call
+            while not gone(docker_client, name):
+                await asyncio.sleep(0.1)
         r = await box.execute("1")
         assert r.status == "sandbox_lost"
         assert r.error is not None and "lifetime" in r.error.value

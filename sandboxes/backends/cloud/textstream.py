@@ -103,10 +103,6 @@ class TextStream(ByteStream):
             self._eof = True
             self._changed.notify_all()
 
-    @property
-    def at_eof(self) -> bool:
-        return self._eof
-
     async def read(self) -> bytes:
         async with self._changed:
             await self._changed.wait_for(lambda: self._chunks or self._eof or self._closed)
