@@ -172,7 +172,7 @@ async def _probe_box(runtime: str | None, image: str | None) -> dict[str, Any]:
 
 def run_doctor(image: str | None = None, start_boxes: bool = True) -> Report:
     """Every check, in order; stops early only where later checks cannot run."""
-    from sandboxes.backends.docker.engine import HOW_TO_START, engine_client, engine_runtimes
+    from sandboxes.backends.docker.engine import engine_client, engine_runtimes
     from sandboxes.errors import SandboxUnavailable
     from sandboxes.backends.docker.image_check import BUILD_COMMAND, DEFAULT_IMAGE, describe_image
 
