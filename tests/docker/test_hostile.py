@@ -76,9 +76,11 @@ async def test_memory_bomb(runtime: str | None) -> None:
             assert nxt.status == "ok" and nxt.stdout == "False\n", nxt
             assert nxt.notice and "restarted" in nxt.notice
         else:
-            # gVisor: the whole sandbox shares one host process; the box may be gone, and says so.
+            # gVisor: the whole box is one host process in one memory cgroup, so the engine's OOM kill
+            # takes the box, not only the kernel. The box is gone, and every later cell says why.
             nxt = await box.execute("print('kept' in globals())")
-            assert nxt.status in ("ok", "oom", "sandbox_lost"), nxt
+            assert nxt.status == "oom", nxt
+            assert nxt.notice and "open a new sandbox" in nxt.notice, nxt
 
 
 async def test_filling_the_disk(runtime: str | None) -> None:
@@ -236,27 +238,65 @@ async def test_killing_the_agent_from_kernel_code(runtime: str | None, docker_cl
     assert docker_client.containers.list(all=True, filters={"name": name}) == []
 
 
-async def test_forged_guest_call_with_made_up_depth(runtime: str | None) -> None:
-    seen: list[Any] = []
+# The kernel code of every RLM in the tree tries to pass itself off as another node: a made-up depth
+# (to escape max_depth), another RLM's id. The calls go through the real handlers RLM binds to each
+# box, over the Docker channel.
+FORGERIES = (
+    "from sandboxes.guest.runtime import call, GuestCallError\n"
+    "for forged in ({'prompt': 'x', 'context': None, 'depth': 0}, {'prompt': 'x', 'context': None, 'rlm_id': '0'},\n"
+    "               {'prompt': 'x', 'depth': -5}):\n"
+    "    try:\n"
+    "        call('rlm_query', forged)\n"
+    "        print('ACCEPTED', sorted(forged))\n"
+    "    except GuestCallError as e:\n"
+    "        print('refused:', e)\n"
+)
 
+
+def test_forged_depth_cannot_escape_the_recursion_limit(runtime: str | None, tmp_path: Any) -> None:
+    from rlm import RLM, Limits
+    from rlm.testing import FakeLLMServer, FakeRequest, split
+
+    def models(request: FakeRequest) -> str:
+        first = request.messages[0]["content"]
+        if "child task" in first:  # the child RLM at depth 1, in a box of its own
+            if request.turn == 0:
+                return f"```repl\n{FORGERIES}g = rlm_query('grandchild task', context='gc')\nprint(g)\n```"
+            return "```repl\nFINAL('child:' + g)\n```"
+        if request.turn == 0:  # the root, depth 0
+            return f"```repl\n{FORGERIES}r = rlm_query('child task', context='c')\nprint(r)\n```"
+        return "FINAL_VAR(r)"
+
+    events: list[dict[str, Any]] = []
+    with FakeLLMServer() as server:
+        server.policy = split(models, lambda request: "plain answer")
+        rlm = RLM(backend="openai",
+                  backend_kwargs={"model_name": "gpt-5-mini", "base_url": server.openai_base_url, "api_key": "k"},
+                  environment="docker", environment_kwargs={"runtime": runtime}, max_depth=2,
+                  limits=Limits(max_wall_s=600, cell_timeout_s=120), on_event=events.append)
+        result = rlm.completion("root context")
+    assert result.status == "final", result.message
+    assert result.response == "child:plain answer"
+    starts = {e["rlm_id"]: e for e in events if e["event"] == "rlm_start"}
+    # Depth is the controller's: the child is at 1, and its own rlm_query (depth 2 = max_depth) is a
+    # plain model call whatever depth its code claimed.
+    assert set(starts) == {"0", "0.1", "0.1.1"}
+    assert (starts["0"]["depth"], starts["0.1"]["depth"], starts["0.1.1"]["depth"]) == (0, 1, 2)
+    assert starts["0.1.1"]["plain_call"] is True and starts["0.1.1"]["box_id"] is None
+    cells = [e for e in events if e["event"] == "cell" and e["rlm_id"] in ("0", "0.1")]
+    assert {e["rlm_id"] for e in cells} == {"0", "0.1"}
+    for cell in cells:
+        if "refused:" not in cell["stdout"]:
+            continue
+        assert "ACCEPTED" not in cell["stdout"], cell["stdout"]
+        assert cell["stdout"].count("refused: ValueError: unexpected payload fields") == 3, cell["stdout"]
+    assert sum("refused:" in cell["stdout"] for cell in cells) == 2  # one forging cell per RLM with a box
+
+
+async def test_kernel_code_cannot_pose_as_the_agent(runtime: str | None) -> None:
     async with hostile_beside_neighbour(runtime) as (box, _):
-        true_depth = 1
-        this_box = box.box_id
-
-        async def llm_query(payload: Any) -> Any:
-            # What a controller handler does: it knows its own depth and box; the payload is data.
-            seen.append(payload)
-            return {"answered_at_depth": true_depth, "box": this_box}
-
-        box.bind({"llm_query": llm_query})
-        r = await box.execute(
-            "from sandboxes.guest.runtime import call\n"
-            "print(call('llm_query', {'prompt': 'hi', 'depth': 99, 'run_id': 'someone-else', 'box': 'other'}))\n")
-        assert r.status == "ok", r
-        assert f"'answered_at_depth': 1, 'box': '{this_box}'" in r.stdout
-        assert seen == [{"prompt": "hi", "depth": 99, "run_id": "someone-else", "box": "other"}]
-        # Kernel code cannot speak to the controller directly: the channel socket takes one
-        # connection (the agent's) and refuses the rest, so a forged `ready`/`result` goes nowhere.
+        # The channel socket takes one connection (the agent's) and refuses the rest, so a forged
+        # `ready`/`result` from kernel code goes nowhere.
         r = await box.execute(
             "import socket, json\n"
             "s = socket.socket(socket.AF_UNIX)\n"
