@@ -27,9 +27,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
-import structlog
+from sandboxes.logs import get_logger
 
-log = structlog.get_logger("rlm.clients")
+log = get_logger("rlm.clients")
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
 
@@ -233,19 +233,3 @@ def translate_sdk_error(sdk_module: Any, exc: Exception, model: str) -> ModelCal
 
 def estimate_tokens(text: str) -> int:
     return max(1, len(text) // 4) if text else 0
-
-
-def make_client(backend: str, backend_kwargs: dict[str, Any] | None, *, concurrency: int = 16) -> ModelClient:
-    """Build the client for ``backend`` ("openai", "anthropic", or an OpenAI-compatible alias)."""
-    kwargs = dict(backend_kwargs or {})
-    model_name = kwargs.pop("model_name", None) or kwargs.pop("model", None)
-    if backend in ("openai", "vllm", "openrouter", "litellm", "azure_openai"):
-        from rlm.clients.openai import OpenAIClient
-
-        return OpenAIClient(model_name, concurrency=concurrency, **kwargs)
-    if backend == "anthropic":
-        from rlm.clients.anthropic import AnthropicClient
-
-        return AnthropicClient(model_name, concurrency=concurrency, **kwargs)
-    raise ValueError(f"unknown backend {backend!r}: use 'openai' (or any OpenAI-compatible server via "
-                     "backend_kwargs={'base_url': ...}) or 'anthropic'")

@@ -6,7 +6,8 @@ import anthropic
 import openai
 import pytest
 
-from rlm.clients.base import ModelCallError, ModelTimeoutError, RetryPolicy, make_client
+from rlm.clients import make_client
+from rlm.clients.base import ModelCallError, ModelTimeoutError, RetryPolicy
 from rlm.testing import FakeLLMServer, Reply, Script
 
 BACKENDS = ["openai", "anthropic"]
