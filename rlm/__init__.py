@@ -20,20 +20,18 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import structlog
+from sandboxes.logs import get_logger, quiet_by_default
 
 from rlm.budget import PRICES, PRICES_AS_OF, Budget, LimitExceeded, Limits, ModelUsage, Price, Totals
-from rlm.clients.base import ModelClient, make_client
+from rlm.clients import make_client
+from rlm.clients.base import ModelClient
 from rlm.trajectory import ProgressPrinter, RLMLogger, redact
 
 __all__ = ["RLM", "Limits", "RLMResult", "RLMLogger", "ModelUsage", "Price", "PRICES", "PRICES_AS_OF",
            "LimitExceeded"]
 
-log = structlog.get_logger("rlm")
-
-STATUSES = ("final", "max_iterations", "max_depth", "max_llm_calls", "max_tokens", "max_cost_usd", "max_wall_s",
-            "cell_timeout_s", "model_timeout_s", "error")
-
+log = get_logger("rlm")
+quiet_by_default("rlm")
 
 @dataclass
 class RLMResult:
@@ -196,7 +194,8 @@ class RLM:
         how the run ended. Raises TypeError for a context of another type.
         """
         from rlm.loop import RLMNode
-        from rlm.recursion import RunTree, TreeConfig
+        from rlm.recursion import handlers
+        from rlm.tree import RunTree, TreeConfig
 
         if not isinstance(prompt, (str, list, dict)):
             raise TypeError(f"the context must be a str, a list or a dict, not {type(prompt).__name__}")
@@ -213,6 +212,7 @@ class RLM:
                               self.limits, self.custom_system_prompt),
             budget=budget, root_client=root, sub_client=sub, clients=clients, run_log=run_log,
             progress=ProgressPrinter() if self.verbose else None, on_event=self.on_event,
+            handler_factory=handlers,
         )
         context_size = len(prompt) if isinstance(prompt, (str, list, dict)) else None
         tree.emit("run_start", config=self._config(), context_type=type(prompt).__name__,

@@ -14,13 +14,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
+from sandboxes.logs import get_logger
 
 from rlm import prompts
 from rlm.budget import LimitExceeded
 from rlm.clients.base import ModelCallError, ModelClient, ModelTimeoutError
 from rlm.parsing import parse_reply, truncate
-from rlm.recursion import MAX_PLAIN_CALL_CHARS, RunTree
+from rlm.tree import RunTree
 from rlm.repl_setup import CONTEXT_JSON, CONTEXT_TEXT, reset_ready_code, setup_code
 from sandboxes import SandboxSpec, open_sandbox
 from sandboxes.errors import SandboxError
@@ -29,6 +29,8 @@ from sandboxes.results import ExecResult
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # The setup cell loads the context; a large one takes a while to parse.
 SETUP_TIMEOUT_S = 300.0
+# A plain model call (depth exhausted) refuses material larger than any model window.
+MAX_PLAIN_CALL_CHARS = 4_000_000
 # Model replies kept in the run log per iteration.
 REPLY_LOG_CHARS = 100_000
 
@@ -73,7 +75,7 @@ class RLMNode:
         self.box: Any = None
         self.messages: list[dict[str, str]] = []
         self._setup_cell = ""
-        self.log = structlog.get_logger("rlm").bind(run_id=tree.run_id, rlm_id=rlm_id, depth=depth)
+        self.log = get_logger("rlm").bind(run_id=tree.run_id, rlm_id=rlm_id, depth=depth)
 
     # -- entry -----------------------------------------------------------------------------------
 

@@ -1,8 +1,6 @@
-"""The run tree and the sub-call handlers behind ``llm_query`` and ``rlm_query``.
+"""The sub-call handlers behind ``llm_query`` and ``rlm_query``, for one RLM of a run tree.
 
-A ``RunTree`` is everything one ``completion`` shares: the budget, one client per model (on the run's
-single event loop), the run log, and the concurrency bounds. Each RLM in the tree gets handlers bound
-by closure to *that* RLM: its id and depth come from the controller, never from the payload, so
+Each RLM in the tree gets handlers bound by closure to *that* RLM: its id and depth come from the controller, never from the payload, so
 kernel code cannot claim to be shallower or richer than it is (trust invariant 2). Payloads are
 untrusted JSON and are checked before use.
 """
@@ -10,160 +8,26 @@ untrusted JSON and are checked before use.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import Any
 
-import structlog
-
-from rlm import prompts
-from rlm.budget import Budget, LimitExceeded, Limits
-from rlm.clients.base import ModelCallError, ModelClient, ModelResponse, ModelTimeoutError, RetryPolicy
-from rlm.trajectory import RunLog, make_event
-
-if TYPE_CHECKING:
-    from rlm.loop import NodeOutcome, RLMNode
-
-log = structlog.get_logger("rlm")
+from rlm.budget import LimitExceeded
+from rlm.clients.base import ModelCallError, ModelClient, ModelTimeoutError
+from rlm.loop import NodeOutcome, RLMNode
+from rlm.tree import Handlers, RunTree
 
 MAX_BATCH = 100_000  # prompts per batched call
 PREVIEW_CHARS = 500  # of prompts and answers in sub-call events
-# A plain model call (depth exhausted) refuses material larger than any model window.
-MAX_PLAIN_CALL_CHARS = 4_000_000
-
-
-@dataclass
-class TreeConfig:
-    """The settings every RLM in a tree shares."""
-
-    environment: str
-    environment_kwargs: dict[str, Any]
-    max_depth: int
-    max_iterations: int
-    limits: Limits
-    custom_system_prompt: str | None = None
-
-
-@dataclass
-class RunTree:
-    run_id: str
-    config: TreeConfig
-    budget: Budget
-    root_client: ModelClient
-    # Where sub-calls go: other_backends[0] when given, else the root model.
-    sub_client: ModelClient
-    # Every configured model by name, for llm_query(prompt, model="...").
-    clients: dict[str, ModelClient]
-    run_log: RunLog | None = None
-    progress: Callable[[str, dict[str, Any]], None] | None = None
-    # The user's ``on_event``: every event as the run log records it, as it happens.
-    on_event: Callable[[dict[str, Any]], None] | None = None
-    started: float = field(default_factory=time.monotonic)
-    _model_slots: asyncio.Semaphore = field(init=False)
-    _child_slots: dict[int, asyncio.Semaphore] = field(init=False, default_factory=dict)
-    _child_numbers: dict[str, Any] = field(init=False, default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self._model_slots = asyncio.Semaphore(self.config.limits.max_concurrency)
-        self.retry = RetryPolicy(max_retries=self.config.limits.max_retries)
-
-    @property
-    def limits(self) -> Limits:
-        return self.config.limits
-
-    # -- events ----------------------------------------------------------------------------------
-
-    def emit(self, event: str, **fields: Any) -> None:
-        """One event, built once, to every consumer: the run log, the progress printer, ``on_event``."""
-        record = make_event(event, self.run_id, time.monotonic() - self.started, fields)
-        if self.run_log is not None:
-            self.run_log.write(record)
-        if self.progress is not None:
-            try:
-                self.progress(event, fields)
-            except Exception:  # a broken progress display must not end a run
-                pass
-        if self.on_event is not None:
-            try:
-                self.on_event(record)
-            except Exception:  # a user's callback that raises is logged and never ends a run
-                log.warning("on_event_failed", run_id=self.run_id, event=event, exc_info=True)
-
-    # -- model calls -----------------------------------------------------------------------------
-
-    async def call_model(self, client: ModelClient, messages: list[dict[str, str]], *, rlm_id: str,
-                         depth: int) -> ModelResponse:
-        """One model call: a concurrency slot, a budget reservation, the call with retries, settlement.
-
-        Raises LimitExceeded when the budget or the clock stops it, ModelCallError when the provider
-        fails for good. The wall-clock deadline bounds retries and waits.
-        """
-        budget = self.budget
-        budget.check()
-        retries = 0
-
-        def on_retry(attempt: int, exc: ModelCallError, delay: float) -> None:
-            nonlocal retries
-            retries += 1
-            self.emit("retry", rlm_id=rlm_id, depth=depth, model=client.model_name, attempt=attempt,
-                      status=exc.status, error=str(exc)[:300], delay_s=round(delay, 3))
-
-        async with self._model_slots:
-            reservation = await budget.reserve(client.model_name, messages)
-            try:
-                response = await client.complete(
-                    messages, max_output_tokens=reservation.max_output_tokens,
-                    timeout=self.limits.model_timeout_s, deadline=budget.deadline, retry=self.retry,
-                    on_retry=on_retry)
-            except ModelCallError as exc:
-                budget.settle(reservation, 0, 0, retries=retries, failed=True)
-                remaining = budget.remaining_s()
-                if remaining is not None and remaining <= 0.05:
-                    raise budget.trip("max_wall_s", f"the run reached its wall-clock limit of "
-                                                    f"{self.limits.max_wall_s:g} s") from exc
-                raise
-            except BaseException:
-                budget.settle(reservation, 0, 0, retries=retries, failed=True)
-                raise
-        budget.settle(reservation, response.input_tokens, response.output_tokens, retries=retries)
-        return response
-
-    def pick_client(self, model: Any) -> ModelClient:
-        if model is None:
-            return self.sub_client
-        if not isinstance(model, str) or model not in self.clients:
-            known = ", ".join(sorted(self.clients))
-            raise ValueError(f"unknown model {str(model)[:100]!r}; this run has: {known}")
-        return self.clients[model]
-
-    # -- children --------------------------------------------------------------------------------
-
-    def next_child_id(self, parent_id: str) -> str:
-        counter = self._child_numbers.setdefault(parent_id, itertools.count(1))
-        return f"{parent_id}.{next(counter)}"
-
-    def child_slots(self, depth: int) -> asyncio.Semaphore:
-        # One pool per depth: a parent holding a slot at depth d waits only on slots at depth d+1,
-        # so a tree of batched children can never deadlock on its own slots.
-        slots = self._child_slots.get(depth)
-        if slots is None:
-            slots = self._child_slots[depth] = asyncio.Semaphore(self.limits.max_concurrent_children)
-        return slots
-
-    def handlers_for(self, node: "RLMNode") -> dict[str, Callable[[Any], Awaitable[Any]]]:
-        """The guest-call handlers of one RLM's sandbox, bound to that RLM."""
-        return SubCalls(self, node).handlers()
 
 
 class SubCalls:
     """The handlers for one RLM: each closes over the node, so depth and identity are the controller's."""
 
-    def __init__(self, tree: RunTree, node: "RLMNode") -> None:
+    def __init__(self, tree: RunTree, node: RLMNode) -> None:
         self.tree = tree
         self.node = node
 
-    def handlers(self) -> dict[str, Callable[[Any], Awaitable[Any]]]:
+    def handlers(self) -> Handlers:
         return {
             "llm_query": self.llm_query,
             "llm_query_batched": self.llm_query_batched,
@@ -207,6 +71,9 @@ class SubCalls:
         except ModelCallError as exc:
             status, error = "model_timeout_s" if isinstance(exc, ModelTimeoutError) else "error", str(exc)
             raise
+        except asyncio.CancelledError:
+            status, error = "cancelled", "the call was cancelled (its cell was stopped, or the run ended)"
+            raise
         finally:
             tree.emit("subcall", kind=kind, rlm_id=node.rlm_id, parent=node.rlm_id, depth=node.depth + 1,
                       index=index, model=client.model_name, status=status, error=error,
@@ -249,9 +116,7 @@ class SubCalls:
 
     # -- rlm_query ---------------------------------------------------------------------------------
 
-    async def _child(self, prompt: str, context: Any) -> "NodeOutcome":
-        from rlm.loop import RLMNode
-
+    async def _child(self, prompt: str, context: Any) -> NodeOutcome:
         node, tree = self.node, self.tree
         depth = node.depth + 1
         child_context, root_prompt = (prompt, None) if context is None else (context, prompt)
@@ -263,7 +128,7 @@ class SubCalls:
             return await child.run()
 
     @staticmethod
-    def _answer_of(outcome: "NodeOutcome") -> str:
+    def _answer_of(outcome: NodeOutcome) -> str:
         if outcome.status in ("final", "max_depth") and outcome.response is not None:
             return outcome.response
         if outcome.status == "max_iterations" and outcome.response:
@@ -305,5 +170,6 @@ class SubCalls:
         return None
 
 
-def plain_call_messages(prompt: str, context: Any) -> list[dict[str, str]]:
-    return prompts.plain_call_messages(prompt, context)
+def handlers(tree: RunTree, node: RLMNode) -> Handlers:
+    """The guest-call handlers of one RLM's sandbox, bound by closure to that RLM."""
+    return SubCalls(tree, node).handlers()
