@@ -15,21 +15,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-import structlog
+from sandboxes.logs import get_logger
 
-log = structlog.get_logger("rlm.budget")
-
-# The statuses a limit ends a run with; each is the name of the setting that was hit.
-LIMIT_STATUSES = (
-    "max_iterations",
-    "max_depth",
-    "max_llm_calls",
-    "max_tokens",
-    "max_cost_usd",
-    "max_wall_s",
-    "cell_timeout_s",
-)
-
+log = get_logger("rlm.budget")
 
 @dataclass(frozen=True)
 class Price:
@@ -232,9 +220,6 @@ class Budget:
             return None
         return self.deadline - self._clock()
 
-    def elapsed_s(self) -> float:
-        return self._clock() - self.started
-
     # -- limits ----------------------------------------------------------------------------------
 
     def trip(self, limit: str, message: str) -> LimitExceeded:
@@ -343,9 +328,6 @@ class Budget:
         settled, self._settled = self._settled, asyncio.Event()
         settled.set()
         return cost
-
-    def usage_dict(self) -> dict[str, dict[str, Any]]:
-        return {model: usage.to_dict() for model, usage in self.usage.items()}
 
     @property
     def cost_known(self) -> bool:
