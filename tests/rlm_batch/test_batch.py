@@ -149,12 +149,18 @@ async def test_concurrency_is_bounded(tmp_path: Path) -> None:
     tasks = write_tasks(tmp_path / "tasks.jsonl", [{"id": i, "question": "q", "context": "x"} for i in range(40)])
     running = 0
     peak = 0
+    five_at_once = asyncio.Event()
 
     async def runner(task: Task) -> FakeResult:
         nonlocal running, peak
         running += 1
         peak = max(peak, running)
-        await asyncio.sleep(0.01)
+        if running == 5:
+            five_at_once.set()
+        # The first runs hold until five run at once, so the bound is reached whatever the timing;
+        # a sixth would show as a peak above five.
+        await asyncio.wait_for(five_at_once.wait(), 30)
+        await asyncio.sleep(0)
         running -= 1
         return FakeResult("final", "ok", 0.0)
 
@@ -315,13 +321,20 @@ async def test_results_that_cannot_be_written_stop_the_batch_and_every_run(tmp_p
     tasks = write_tasks(tmp_path / "tasks.jsonl", [{"id": i, "question": "q", "context": "x"} for i in range(10)])
     out = tmp_path / "results.jsonl"
     cancelled = 0
+    started = 0
+    others_running = asyncio.Event()
 
     async def runner(task: Task) -> FakeResult:
-        nonlocal cancelled
+        nonlocal cancelled, started
         if task.id == 0:
+            # Break the results file only once the other three runs are in flight.
+            await others_running.wait()
             out.unlink(missing_ok=True)
             out.mkdir()  # the results file can no longer be opened for appending
             return FakeResult("final", "ok", 0.0)
+        started += 1
+        if started == 3:
+            others_running.set()
         try:
             await asyncio.sleep(30)
         except asyncio.CancelledError:
