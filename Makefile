@@ -1,16 +1,27 @@
 # The two commands a newcomer needs: `make demo` (an RLM run end to end) and `make test`.
-PYTHON ?= python3
+# Both work in a project virtual environment (.venv, made on first use), never in the system Python,
+# so they also work where that Python is externally managed (PEP 668: Debian, Ubuntu).
+BOOTSTRAP_PYTHON ?= python3
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
 
 .PHONY: install test demo
 
-install:
-	$(PYTHON) -m pip install -q -e '.[dev]'
+$(PYTHON):
+	$(BOOTSTRAP_PYTHON) -m venv $(VENV)
 
-# Installs the package, brings up a Docker engine and the kernel image where it can (see
-# .ci/setup-docker.sh), then runs every test. Docker tests skip only when no engine answers and
-# CI is not set.
+# Reinstalled when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(PYTHON)
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# Brings up a Docker engine and the kernel image where it can (see .ci/setup-docker.sh), then runs
+# every test. Docker tests skip only when no engine answers and CI is not set.
 test: install
-	bash .ci/setup-docker.sh
+	PYTHON=$(PYTHON) bash .ci/setup-docker.sh
 	$(PYTHON) -m pytest -ra
 
 demo: install
