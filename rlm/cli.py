@@ -2,6 +2,7 @@
 
     rlm run --context FILE [--backend openai|anthropic] [--model M] [--sub-model M] [--base-url URL]
             [--sandbox local|docker|modal|e2b] [--max-depth N] [--max-iterations N] [--log-dir DIR] QUESTION
+    rlm batch TASKS.jsonl --out RESULTS.jsonl [...]   many runs, resumable (see rlm/batch)
     rlm sandbox ...        the sandbox layer's own commands (build-image, reap, ...)
 
 The answer goes to stdout; progress and the summary go to stderr, so ``rlm run ... > answer.txt``
@@ -13,52 +14,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
-import logging
-import os
 import sys
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
-DEFAULT_MODELS = {"openai": "gpt-5-mini", "anthropic": "claude-sonnet-4-5"}
-DEFAULT_SUB_MODELS = {"openai": "gpt-5-nano", "anthropic": "claude-haiku-4-5"}
-
-
-class _CurrentStderr:
-    """Whatever ``sys.stderr`` is at the time of writing (it may be replaced after configuration)."""
-
-    def write(self, text: str) -> int:
-        return sys.stderr.write(text)
-
-    def flush(self) -> None:
-        sys.stderr.flush()
-
-
-def configure_logging(verbose: bool) -> None:
-    """Operational logs (structlog) to stderr: warnings by default, everything with --verbose."""
-    import structlog
-
-    level = logging.DEBUG if verbose else logging.WARNING
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
-    )
-
-
-def read_context(path: str) -> str | list[Any] | dict[str, Any]:
-    """A ``.json`` file holding a list or an object is loaded as such; anything else is text."""
-    file = Path(path)
-    if not file.is_file():
-        raise SystemExit(f"rlm: no such context file: {path}")
-    if file.suffix.lower() == ".json":
-        try:
-            data = json.loads(file.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise SystemExit(f"rlm: {path} is not valid JSON ({exc}); rename it to .txt to pass it as text")
-        if isinstance(data, (list, dict)):
-            return data
-    return file.read_text(encoding="utf-8", errors="replace")
-
+from rlm.batch.command import add_batch_parser
+from rlm.run_options import add_model_options, configure_logging, read_context, rlm_from_args
 
 # -- rlm run -----------------------------------------------------------------------------------------
 
@@ -68,54 +28,9 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
                          description="Answer QUESTION over the context in FILE with a Recursive Language Model.")
     run.add_argument("question", metavar="QUESTION")
     run.add_argument("--context", required=True, metavar="FILE", help="text file, or .json with a list/object")
-    run.add_argument("--backend", choices=["openai", "anthropic"], default="openai")
-    run.add_argument("--model", help="root model (default: gpt-5-mini / claude-sonnet-4-5)")
-    run.add_argument("--sub-model", help="model for llm_query and child RLMs (default: gpt-5-nano / "
-                                         "claude-haiku-4-5)")
-    run.add_argument("--base-url", help="OpenAI-compatible server (default: $OPENAI_BASE_URL or the provider)")
-    run.add_argument("--sandbox", choices=["local", "docker", "modal", "e2b"], default="local")
-    run.add_argument("--max-depth", type=int, default=1)
-    run.add_argument("--max-iterations", type=int, default=30)
-    run.add_argument("--log-dir", default="rlm_logs", help="where the JSONL run log goes (default: rlm_logs)")
-    run.add_argument("--max-cost-usd", type=float, default=None)
-    run.add_argument("--max-tokens", type=int, default=None)
-    run.add_argument("--max-llm-calls", type=int, default=1000)
-    run.add_argument("--max-wall-s", type=float, default=3600.0)
-    run.add_argument("--cell-timeout-s", type=float, default=120.0)
+    add_model_options(run, log_dir="rlm_logs", max_wall_s=3600.0)
     run.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    run.add_argument("--verbose", action="store_true", help="operational logs on stderr too")
     run.set_defaults(func=cmd_run)
-
-
-def backend_kwargs(backend: str, model: str, base_url: str | None) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"model_name": model}
-    if backend == "openai":
-        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
-    if base_url:
-        kwargs["base_url"] = base_url
-    return kwargs
-
-
-def rlm_from_args(args: argparse.Namespace, *, verbose: bool = False) -> Any:
-    """The RLM that `rlm run` and `rlm batch` build from their shared options."""
-    from rlm import RLM, Limits, RLMLogger
-
-    model = args.model or DEFAULT_MODELS[args.backend]
-    sub_model = args.sub_model or DEFAULT_SUB_MODELS[args.backend]
-    return RLM(
-        backend=args.backend,
-        backend_kwargs=backend_kwargs(args.backend, model, args.base_url),
-        environment=args.sandbox,
-        max_depth=args.max_depth,
-        max_iterations=args.max_iterations,
-        other_backends=[args.backend],
-        other_backend_kwargs=[backend_kwargs(args.backend, sub_model, args.base_url)],
-        logger=RLMLogger(args.log_dir) if args.log_dir else None,
-        verbose=verbose,
-        limits=Limits(max_cost_usd=args.max_cost_usd, max_tokens=args.max_tokens,
-                      max_llm_calls=args.max_llm_calls, max_wall_s=args.max_wall_s,
-                      cell_timeout_s=args.cell_timeout_s),
-    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -167,28 +82,15 @@ def cmd_sandbox(argv: Sequence[str]) -> int:
 
 # -- the parser ----------------------------------------------------------------------------------------
 
-# Subcommands, each registered by a function that adds its parser and sets ``func``. `rlm batch` is
-# added by rlm/batch.py, which defines ``add_batch_parser(sub)`` in the same shape; it is picked up
-# here when present.
-PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [add_run_parser, add_sandbox_parser]
-
-
-def _optional_parsers() -> list[Callable[[argparse._SubParsersAction], None]]:
-    found = []
-    try:
-        batch = importlib.import_module("rlm.batch")
-    except ImportError:
-        return found
-    if hasattr(batch, "add_batch_parser"):
-        found.append(batch.add_batch_parser)
-    return found
+# Subcommands, each registered by a function that adds its parser and sets ``func``.
+PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [add_run_parser, add_batch_parser, add_sandbox_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlm", description="Recursive Language Models in secure sandboxes.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for add in PARSERS + _optional_parsers():
+    for add in PARSERS:
         add(sub)
     return parser
 

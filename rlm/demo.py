@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from rlm import RLM, Limits, RLMLogger
-    from rlm.cli import configure_logging, print_summary
+    from rlm.cli import print_summary
+    from rlm.run_options import configure_logging
 
     configure_logging(False)
     backend = args.backend
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     limits = Limits(max_cost_usd=1.0, max_wall_s=900, max_llm_calls=300)
     if real:
         assert backend is not None
-        from rlm.cli import DEFAULT_MODELS, DEFAULT_SUB_MODELS
+        from rlm.run_options import DEFAULT_MODELS, DEFAULT_SUB_MODELS
 
         root_kwargs = {"model_name": DEFAULT_MODELS[backend]}
         sub_kwargs = {"model_name": DEFAULT_SUB_MODELS[backend]}
