@@ -84,7 +84,8 @@ async def test_provider_that_never_answers_times_out(server, backend):
         await client.complete(MESSAGES, max_output_tokens=50, timeout=0.3, retry=RetryPolicy(max_retries=1,
                                                                                               initial_delay_s=0.01))
     await client.aclose()
-    assert time.monotonic() - started < 3
+    # Two tries of 0.3 s each, not the 10 s the server would hang: a wide margin for a loaded machine.
+    assert time.monotonic() - started < 6
     assert server.request_count == 2  # one try, one retry
 
 
@@ -96,7 +97,10 @@ async def test_retries_never_outlive_the_deadline(server):
         await client.complete(MESSAGES, max_output_tokens=50, timeout=5, deadline=time.monotonic() + 0.5,
                               retry=RetryPolicy(max_retries=50, initial_delay_s=0.05, max_delay_s=0.1))
     await client.aclose()
-    assert time.monotonic() - started < 1.0
+    # Fifty retries would take at least 2.5 s (each waits 0.05 s or more) and make 51 requests; the
+    # 0.5 s deadline leaves room for about ten. A slow machine makes fewer, never more.
+    assert server.request_count <= 12
+    assert time.monotonic() - started < 2.5
 
 
 def test_missing_key_and_model_say_what_to_do(monkeypatch):
@@ -133,5 +137,5 @@ async def test_latency_is_simulated_concurrently():
         await asyncio.gather(*(client.complete(MESSAGES, max_output_tokens=10, timeout=5) for _ in range(8)))
         elapsed = time.monotonic() - started
         await client.aclose()
-        assert 0.2 <= elapsed < 1.5
-        assert server.max_in_flight >= 2
+        assert elapsed >= 0.2  # the latency is there...
+        assert server.max_in_flight >= 4  # ...and calls wait it out together, not one after another
