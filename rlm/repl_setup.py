@@ -12,6 +12,15 @@ from __future__ import annotations
 
 CONTEXT_TEXT = "context.txt"
 CONTEXT_JSON = "context.json"
+TOOLS_JSON = "tools.json"
+
+# Names the setup cell binds (and IPython's own), which SHOW_VARS leaves out and custom tools may not
+# take. "history" and "ToolError" are bound only in some runs, but are never free for a tool.
+REPL_NAMES = frozenset({
+    "context", "history", "llm_query", "llm_query_batched", "rlm_query", "rlm_query_batched", "SHOW_VARS",
+    "FINAL", "FINAL_VAR", "answer", "LLMError", "GuestCallError", "ToolError", "In", "Out", "exit", "quit",
+    "get_ipython", "open",
+})
 
 _SETUP = r'''
 import json as _rlm_json
@@ -106,9 +115,7 @@ def FINAL_VAR(name):
     FINAL(value)
 
 
-_RLM_NAMES = {"context", "llm_query", "llm_query_batched", "rlm_query", "rlm_query_batched", "SHOW_VARS",
-              "FINAL", "FINAL_VAR", "answer", "LLMError", "GuestCallError", "In", "Out", "exit", "quit",
-              "get_ipython", "open"}
+_RLM_NAMES = set(__RLM_NAMES__)
 
 
 def SHOW_VARS():
@@ -131,9 +138,53 @@ def SHOW_VARS():
 def setup_code(context_file: str) -> str:
     """The setup cell for a context uploaded as ``context_file`` (CONTEXT_TEXT or CONTEXT_JSON)."""
     return (_SETUP.replace("__RLM_CONTEXT_FILE__", repr(context_file))
-            .replace("__RLM_IS_JSON__", repr(context_file.endswith(".json"))))
+            .replace("__RLM_IS_JSON__", repr(context_file.endswith(".json")))
+            .replace("__RLM_NAMES__", repr(sorted(REPL_NAMES))))
 
 
 def reset_ready_code() -> str:
     """Undo an early ``answer["ready"] = True`` without reporting it again."""
     return "if isinstance(answer, dict):\n    dict.__setitem__(answer, 'ready', False)"
+
+
+_TOOLS = r'''
+class ToolError(Exception):
+    """A custom tool failed on the host: it raised, timed out, or a limit stopped it. The message says why."""
+
+
+def _rlm_tool(name, doc):
+    def tool(*args, **kwargs):
+        try:
+            reply = _rlm_call("tool", {"name": name, "args": list(args), "kwargs": kwargs})
+        except (TypeError, ValueError) as exc:
+            raise TypeError("%s: arguments must be JSON data (str, int, float, bool, None, list, dict): %s"
+                            % (name, exc)) from None
+        except GuestCallError as exc:
+            raise ToolError("%s: %s" % (name, exc)) from None
+        if "error" in reply:
+            raise ToolError(reply["error"])
+        return reply.get("value")
+
+    tool.__name__ = tool.__qualname__ = name
+    tool.__doc__ = doc
+    return tool
+
+
+with open(__RLM_TOOLS_FILE__, encoding="utf-8") as _rlm_file:
+    _rlm_tools = _rlm_json.load(_rlm_file)
+del _rlm_file
+for _rlm_name, _rlm_doc in _rlm_tools["functions"].items():
+    globals()[_rlm_name] = _rlm_tool(_rlm_name, _rlm_doc)
+    _RLM_NAMES.add(_rlm_name)
+globals().update(_rlm_tools["values"])
+del _rlm_tools, _rlm_name, _rlm_doc
+'''
+
+
+def tools_code(tools_file: str = TOOLS_JSON) -> str:
+    """Appended to the setup cell when an RLM has custom tools: one stub per tool, values as variables.
+
+    Names, docstrings and values come from ``tools_file`` (uploaded beside the context), never from
+    code text; each stub sends its arguments as JSON to the controller's ``tool`` handler.
+    """
+    return _TOOLS.replace("__RLM_TOOLS_FILE__", repr(tools_file))
