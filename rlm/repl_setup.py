@@ -170,14 +170,17 @@ def _rlm_tool(name, doc):
     return tool
 
 
-with open(__RLM_TOOLS_FILE__, encoding="utf-8") as _rlm_file:
-    _rlm_tools = _rlm_json.load(_rlm_file)
-del _rlm_file
-for _rlm_name, _rlm_doc in _rlm_tools["functions"].items():
-    globals()[_rlm_name] = _rlm_tool(_rlm_name, _rlm_doc)
-    _RLM_NAMES.add(_rlm_name)
-globals().update(_rlm_tools["values"])
-del _rlm_tools, _rlm_name, _rlm_doc
+def _rlm_load_tools(path):
+    with open(path, encoding="utf-8") as file:
+        tools = _rlm_json.load(file)
+    for name, doc in tools["functions"].items():
+        globals()[name] = _rlm_tool(name, doc)
+        _RLM_NAMES.add(name)
+    globals().update(tools["values"])
+
+
+_rlm_load_tools(__RLM_TOOLS_FILE__)
+del _rlm_load_tools
 '''
 
 
