@@ -113,16 +113,23 @@ class Limits:
     max_concurrency: int = 32  # model calls in flight at once, whole run tree
     max_concurrent_children: int = 4  # child RLMs (each with its own sandbox) running at once
     max_output_chars: int = 20_000  # REPL output fed back to the model per cell (head and tail)
+    # Custom tools (RLM(custom_tools=...)). Tool calls are counted against a cap of their own, not
+    # max_llm_calls: a tool is the user's function with costs of its own (an API, a database), and a
+    # run that greps with a tool a thousand times should not lose its model calls to it. Reaching
+    # the cap ends the run like any limit (status "max_tool_calls").
+    max_tool_calls: int | None = 1000
+    max_concurrent_tools: int = 8  # tool calls running at once, whole run tree
+    tool_timeout_s: float = 60.0  # per tool call; the kernel gets a ToolError when it runs over
     # USD per million tokens by model name; merged over PRICES. Values: Price or (input, output).
     prices: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("max_llm_calls", "max_tokens", "max_cost_usd", "max_wall_s"):
+        for name in ("max_llm_calls", "max_tokens", "max_cost_usd", "max_wall_s", "max_tool_calls"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"Limits.{name} must be positive or None (no limit)")
         for name in ("cell_timeout_s", "max_cell_timeouts", "model_timeout_s", "max_output_tokens", "max_concurrency",
-                     "max_concurrent_children", "max_output_chars"):
+                     "max_concurrent_children", "max_output_chars", "max_concurrent_tools", "tool_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"Limits.{name} must be positive")
         if self.max_retries < 0:
@@ -168,6 +175,18 @@ class ModelUsage:
 
 
 @dataclass
+class ToolUsage:
+    """What one custom tool did in one run tree."""
+
+    calls: int = 0
+    failures: int = 0  # raised, timed out, or returned something that is not JSON
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"calls": self.calls, "failures": self.failures, "seconds": round(self.seconds, 4)}
+
+
+@dataclass
 class Reservation:
     model: str
     input_tokens: int
@@ -206,6 +225,8 @@ class Budget:
         self._cost_reserved = 0.0
         self._outstanding = 0
         self.usage: dict[str, ModelUsage] = {}
+        self.tool_calls = 0
+        self.tool_usage: dict[str, ToolUsage] = {}
         self.tripped: str | None = None
         self.trip_message: str | None = None
         self.tripped_event = asyncio.Event()
@@ -328,6 +349,20 @@ class Budget:
         settled, self._settled = self._settled, asyncio.Event()
         settled.set()
         return cost
+
+    def admit_tool(self, name: str) -> None:
+        """Count one tool call, or raise LimitExceeded when the run is out of tool calls or time."""
+        self.check()
+        cap = self.limits.max_tool_calls
+        if cap is not None and self.tool_calls >= cap:
+            raise self.trip("max_tool_calls", f"the run made its limit of {cap} tool calls")
+        self.tool_calls += 1
+        self.tool_usage.setdefault(name, ToolUsage()).calls += 1
+
+    def record_tool(self, name: str, seconds: float, *, failed: bool) -> None:
+        usage = self.tool_usage.setdefault(name, ToolUsage())
+        usage.seconds += seconds
+        usage.failures += int(failed)
 
     @property
     def cost_known(self) -> bool:
