@@ -64,12 +64,35 @@ PLAIN_CALL_SYSTEM = (
 
 
 def system_prompt(*, max_iterations: int, output_chars: int, sub_chars: int = 500_000,
-                  custom: str | None = None) -> str:
+                  custom: str | None = None, tools: str | None = None) -> str:
+    """The root system prompt; ``tools`` (see ``tools_section``) is appended, custom prompt or not."""
     template = custom if custom is not None else SYSTEM_PROMPT
     try:
-        return template.format(max_iterations=max_iterations, output_chars=output_chars, sub_chars=sub_chars)
+        text = template.format(max_iterations=max_iterations, output_chars=output_chars, sub_chars=sub_chars)
     except (KeyError, IndexError, ValueError):
-        return template  # a custom prompt with braces of its own is used as written
+        text = template  # a custom prompt with braces of its own is used as written
+    return text + "\n" + tools if tools else text
+
+
+TOOLS_HEADER = (
+    "Custom tools, also available in the REPL: functions that run outside the REPL and are called like "
+    "any function. Their arguments and results are JSON data (str, int, float, bool, None, list, dict); "
+    "a call that fails raises `ToolError` with the reason. They are safe to call from threads."
+)
+VALUES_HEADER = "Variables already defined in the REPL:"
+
+
+def tools_section(functions: list[tuple[str, str]], values: list[tuple[str, str]]) -> str:
+    """The system prompt's list of custom tools: (signature, description) and (name, description)."""
+    parts: list[str] = []
+    if functions:
+        lines = []
+        for signature, description in functions:
+            lines.append(f"- `{signature}`" + (": " + description.replace("\n", "\n  ") if description else ""))
+        parts.append(TOOLS_HEADER + "\n" + "\n".join(lines))
+    if values:
+        parts.append(VALUES_HEADER + "\n" + "\n".join(f"- `{name}`: {what}" for name, what in values))
+    return "\n\n".join(parts)
 
 
 def describe_context(context: Any) -> str:
