@@ -21,7 +21,7 @@ from rlm.budget import LimitExceeded
 from rlm.clients.base import ModelCallError, ModelClient, ModelTimeoutError
 from rlm.parsing import parse_reply, truncate
 from rlm.tree import RunTree
-from rlm.repl_setup import CONTEXT_JSON, CONTEXT_TEXT, reset_ready_code, setup_code
+from rlm.repl_setup import CONTEXT_JSON, CONTEXT_TEXT, TOOLS_JSON, reset_ready_code, setup_code, tools_code
 from sandboxes import SandboxSpec, open_sandbox
 from sandboxes.errors import SandboxError
 from sandboxes.results import ExecResult
@@ -33,6 +33,7 @@ SETUP_TIMEOUT_S = 300.0
 MAX_PLAIN_CALL_CHARS = 4_000_000
 # Model replies kept in the run log per iteration.
 REPLY_LOG_CHARS = 100_000
+PROMPT_PREVIEW_CHARS = 500
 
 
 @dataclass(frozen=True)
@@ -86,18 +87,23 @@ class RLMNode:
             outcome = await self._plain_call()
         else:
             outcome = await self._run_loop()
-        tree.emit("rlm_end", rlm_id=self.rlm_id, depth=self.depth, status=outcome.status,
-                  iterations=outcome.iterations, message=outcome.message,
+        tree.emit("rlm_end", rlm_id=self.rlm_id, depth=self.depth, model=self.client.model_name,
+                  status=outcome.status, iterations=outcome.iterations, message=outcome.message,
                   response=truncate(outcome.response, 2000) if outcome.response else None,
                   seconds=round(time.monotonic() - started, 4))
         self.log.info("rlm_end", status=outcome.status, iterations=outcome.iterations)
         return outcome
 
+    def _prompt_preview(self) -> str | None:
+        """The start of this RLM's question (for a child, the rlm_query prompt), for events."""
+        prompt = self.root_prompt if self.root_prompt is not None else self.context
+        return prompt[:PROMPT_PREVIEW_CHARS] if isinstance(prompt, str) else None
+
     async def _plain_call(self) -> NodeOutcome:
         """At the depth limit an RLM is a plain model call on its prompt and context."""
         tree = self.tree
         tree.emit("rlm_start", rlm_id=self.rlm_id, parent=self.parent_id, depth=self.depth, box_id=None,
-                  model=self.client.model_name, plain_call=True)
+                  model=self.client.model_name, plain_call=True, prompt=self._prompt_preview())
         prompt = self.root_prompt or ""
         context = self.context if self.root_prompt is not None else None
         if context is None:
@@ -165,7 +171,7 @@ class RLMNode:
             self.box = box
             self.log = self.log.bind(box_id=box.box_id)
             tree.emit("rlm_start", rlm_id=self.rlm_id, parent=self.parent_id, depth=self.depth,
-                      box_id=box.box_id, model=self.client.model_name)
+                      box_id=box.box_id, model=self.client.model_name, prompt=self._prompt_preview())
             self.log.info("rlm_start", model=self.client.model_name)
             await self._load_context(box)
             return await self._iterate()
@@ -177,6 +183,10 @@ class RLMNode:
             name, data = CONTEXT_JSON, json.dumps(self.context, ensure_ascii=False, default=str).encode("utf-8")
         await box.put_file(name, data)
         self._setup_cell = setup_code(name)
+        toolbox = self.tree.config.tools_at(self.depth)
+        if toolbox:
+            await box.put_file(TOOLS_JSON, toolbox.manifest())
+            self._setup_cell += tools_code(TOOLS_JSON)
         await self._setup(box)
 
     async def _setup(self, box: Any) -> None:
@@ -199,13 +209,14 @@ class RLMNode:
         self.messages = messages = [
             {"role": "system", "content": prompts.system_prompt(
                 max_iterations=config.max_iterations, output_chars=config.limits.max_output_chars,
-                custom=config.custom_system_prompt)},
+                custom=config.custom_system_prompt, tools=config.tools_at(self.depth).prompt_section())},
             {"role": "user", "content": prompts.first_message(prompts.describe_context(self.context),
                                                               self.root_prompt)},
         ]
         for iteration in range(1, config.max_iterations + 1):
             self.iteration = iteration
             started = time.monotonic()
+            tree.emit("iteration_start", rlm_id=self.rlm_id, depth=self.depth, iteration=iteration)
             reply = await tree.call_model(self.client, messages, rlm_id=self.rlm_id, depth=self.depth)
             model_s = time.monotonic() - started
             text = reply.text
@@ -223,6 +234,7 @@ class RLMNode:
             if self.final is None and parsed.final is not None:
                 feedback.extend(await self._final_from_text(parsed.final.kind, parsed.final.value))
             if self.final is not None:
+                self._iteration_end(started)
                 return "final", None
             if self.rejected_early:
                 self.rejected_early = False
@@ -244,7 +256,13 @@ class RLMNode:
             messages.append({"role": "user", "content": prompts.next_turn(
                 feedback, iteration=iteration, max_iterations=config.max_iterations,
                 root_prompt=self.root_prompt)})
+            self._iteration_end(started)
         return "max_iterations", f"no final answer after {config.max_iterations} iterations"
+
+    def _iteration_end(self, started: float) -> None:
+        """An iteration completed (its cells ran); one cut short by a limit ends with rlm_end instead."""
+        self.tree.emit("iteration_end", rlm_id=self.rlm_id, depth=self.depth, iteration=self.iteration,
+                       seconds=round(time.monotonic() - started, 4))
 
     async def _final_from_text(self, kind: str, value: str) -> list[str]:
         if not self.looked:

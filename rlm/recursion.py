@@ -8,12 +8,14 @@ untrusted JSON and are checked before use.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
 from rlm.budget import LimitExceeded
 from rlm.clients.base import ModelCallError, ModelClient, ModelTimeoutError
 from rlm.loop import NodeOutcome, RLMNode
+from rlm.tools import ToolFailed
 from rlm.tree import Handlers, RunTree
 
 MAX_BATCH = 100_000  # prompts per batched call
@@ -28,13 +30,16 @@ class SubCalls:
         self.node = node
 
     def handlers(self) -> Handlers:
-        return {
+        handlers: Handlers = {
             "llm_query": self.llm_query,
             "llm_query_batched": self.llm_query_batched,
             "rlm_query": self.rlm_query,
             "rlm_query_batched": self.rlm_query_batched,
             "answer": self.answer,
         }
+        if self.tree.config.tools_at(self.node.depth).functions:
+            handlers["tool"] = self.tool
+        return handlers
 
     # -- payload checks (untrusted input) --------------------------------------------------------
 
@@ -159,6 +164,38 @@ class SubCalls:
 
         return list(await asyncio.gather(*(one(i) for i in range(len(prompts_)))))
 
+    # -- custom tools ------------------------------------------------------------------------------
+
+    async def tool(self, payload: Any) -> dict[str, Any]:
+        """One custom tool call: ``{"value": result}``, or ``{"error": why}`` (the kernel raises ToolError)."""
+        node, tree = self.node, self.tree
+        p = self._payload(payload, "name", "args", "kwargs")
+        name, args, kwargs = p.get("name"), p.get("args"), p.get("kwargs")
+        tool = tree.config.tools_at(node.depth).functions.get(name) if isinstance(name, str) else None
+        if tool is None:
+            raise ValueError(f"no custom tool named {str(name)[:100]!r} in this REPL")
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise ValueError("args must be a list and kwargs an object")
+        started = time.monotonic()
+        status, error, value = "ok", None, None
+        try:
+            value = await tree.tool_runner.call(tool, args, kwargs)
+            return {"value": value}
+        except ToolFailed as exc:
+            status, error = exc.status, str(exc)
+            return {"error": error}
+        except LimitExceeded as exc:
+            status, error = exc.limit, str(exc)
+            return {"error": f"limit reached ({exc.limit}): {exc}; the run is ending"}
+        except asyncio.CancelledError:
+            status, error = "cancelled", "the call was cancelled (its cell was stopped, or the run ended)"
+            raise
+        finally:
+            tree.emit("tool_call", rlm_id=node.rlm_id, depth=node.depth, iteration=node.iteration, name=name,
+                      args=_preview([args, kwargs]), status=status, error=error,
+                      seconds=round(time.monotonic() - started, 4),
+                      result=_preview(value) if status == "ok" else None)
+
     # -- answer ------------------------------------------------------------------------------------
 
     async def answer(self, payload: Any) -> None:
@@ -168,6 +205,11 @@ class SubCalls:
             raise ValueError("answer needs content (str) and ready (bool)")
         self.node.on_answer(content, ready)
         return None
+
+
+def _preview(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=repr)
+    return text if len(text) <= PREVIEW_CHARS else text[:PREVIEW_CHARS] + "..."
 
 
 def handlers(tree: RunTree, node: RLMNode) -> Handlers:

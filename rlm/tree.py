@@ -18,6 +18,7 @@ from sandboxes.logs import get_logger
 
 from rlm.budget import Budget, Limits
 from rlm.clients.base import ModelCallError, ModelClient, ModelResponse, RetryPolicy
+from rlm.tools import Toolbox, ToolRunner
 from rlm.trajectory import RunLog, make_event
 
 log = get_logger("rlm")
@@ -35,6 +36,12 @@ class TreeConfig:
     max_iterations: int
     limits: Limits
     custom_system_prompt: str | None = None
+    # Custom tools of the root RLM, and of every child RLM (the reference's custom_sub_tools).
+    tools: Toolbox = field(default_factory=Toolbox)
+    sub_tools: Toolbox = field(default_factory=Toolbox)
+
+    def tools_at(self, depth: int) -> Toolbox:
+        return self.tools if depth == 0 else self.sub_tools
 
 
 @dataclass
@@ -62,6 +69,7 @@ class RunTree:
     def __post_init__(self) -> None:
         self._model_slots = asyncio.Semaphore(self.config.limits.max_concurrency)
         self.retry = RetryPolicy(max_retries=self.config.limits.max_retries)
+        self.tool_runner = ToolRunner(self.budget)
 
     @property
     def limits(self) -> Limits:
