@@ -91,7 +91,7 @@ class RunTree:
             try:
                 self.on_event(record)
             except Exception:  # a user's callback that raises is logged and never ends a run
-                log.warning("on_event_failed", run_id=self.run_id, event=event, exc_info=True)
+                log.warning("on_event_failed", run_id=self.run_id, kind=event, exc_info=True)
 
     # -- model calls -----------------------------------------------------------------------------
 
