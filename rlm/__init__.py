@@ -22,12 +22,14 @@ from typing import Any, Callable
 
 from sandboxes.logs import get_logger, quiet_by_default
 
-from rlm.budget import PRICES, PRICES_AS_OF, Budget, LimitExceeded, Limits, ModelUsage, Price, Totals
+from rlm.budget import PRICES, PRICES_AS_OF, Budget, LimitExceeded, Limits, ModelUsage, Price, ToolUsage, Totals
+from rlm.callbacks import Callbacks
 from rlm.clients import make_client
 from rlm.clients.base import ModelClient
+from rlm.tools import Toolbox
 from rlm.trajectory import ProgressPrinter, RLMLogger, redact
 
-__all__ = ["RLM", "Limits", "RLMResult", "RLMLogger", "ModelUsage", "Price", "PRICES", "PRICES_AS_OF",
+__all__ = ["RLM", "Limits", "RLMResult", "RLMLogger", "ModelUsage", "ToolUsage", "Price", "PRICES", "PRICES_AS_OF",
            "LimitExceeded"]
 
 log = get_logger("rlm")
@@ -38,9 +40,10 @@ class RLMResult:
     """How one completion ended.
 
     ``status`` is ``final`` (the model gave its answer), the name of the limit that ended the run
-    (``max_iterations``, ``max_depth``, ``max_llm_calls``, ``max_tokens``, ``max_cost_usd``,
-    ``max_wall_s``, ``cell_timeout_s``, ``model_timeout_s``), or ``error``. When a limit ended it,
-    ``response`` is the best partial answer (or None) and ``message`` says what happened.
+    (``max_iterations``, ``max_depth``, ``max_llm_calls``, ``max_tool_calls``, ``max_tokens``,
+    ``max_cost_usd``, ``max_wall_s``, ``cell_timeout_s``, ``model_timeout_s``), or ``error``. When a limit
+    ended it, ``response`` is the best partial answer (or None) and ``message`` says what happened.
+    ``usage`` is by model; ``tool_usage`` by custom tool.
     """
 
     response: str | None
@@ -52,6 +55,7 @@ class RLMResult:
     message: str | None = None
     run_id: str = ""
     totals: Totals = field(default_factory=Totals)
+    tool_usage: dict[str, ToolUsage] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -69,6 +73,7 @@ class RLMResult:
             "message": self.message,
             "iterations": self.iterations,
             "usage": {model: usage.to_dict() for model, usage in self.usage.items()},
+            "tool_usage": {name: usage.to_dict() for name, usage in self.tool_usage.items()},
             "cost_usd": None if self.cost_usd is None else round(self.cost_usd, 6),
             "execution_time": round(self.execution_time, 4),
             "trajectory_path": self.trajectory_path,
@@ -94,6 +99,14 @@ class RLM:
         verbose: bool = False,
         limits: Limits | None = None,
         on_event: Callable[[dict[str, Any]], None] | None = None,
+        custom_tools: dict[str, Any] | None = None,
+        custom_sub_tools: dict[str, Any] | None = None,
+        on_iteration_start: Callable[[int, int], None] | None = None,
+        on_iteration_complete: Callable[[int, int, float], None] | None = None,
+        on_subcall_start: Callable[[int, str, str], None] | None = None,
+        on_subcall_complete: Callable[[int, str, float, str | None], None] | None = None,
+        sampling_args: dict[str, Any] | None = None,
+        sub_sampling_args: dict[str, Any] | None = None,
     ) -> None:
         """
         Args:
@@ -114,6 +127,21 @@ class RLM:
             limits: the run tree's budget (calls, tokens, USD, wall clock, timeouts, concurrency).
             on_event: called with every run event (a dict, the same record the JSONL log gets) as it
                 happens, on the run's event loop; keep it quick. One that raises is logged and ignored.
+            custom_tools: host functions (sync or async) that REPL code calls like plain functions, by
+                name: ``{"search": search}``; arguments and results travel as JSON. A non-callable
+                value (plain JSON data) becomes a REPL variable. An entry may also be
+                ``{"tool": value, "description": "..."}``. Tools are listed in the system prompt
+                with their signatures and docstrings; see rlm.tools and the Limits on tool calls.
+            custom_sub_tools: the tools of child RLMs (``rlm_query``); None means custom_tools, {} none.
+                ``llm_query`` is a plain model call and has no tools.
+            on_iteration_start(depth, iteration), on_iteration_complete(depth, iteration, seconds),
+            on_subcall_start(depth, model, prompt_preview), on_subcall_complete(depth, model,
+                seconds, error_or_none): the reference implementation's hooks, fed by the same events
+                as on_event (see rlm.callbacks); a subcall is a child RLM.
+            sampling_args: extra request fields for the root model (temperature, top_p, seed, ...);
+                they can never replace the model, the messages or the output cap (Limits.max_output_tokens).
+            sub_sampling_args: the same for the sub-call model (other_backends[0], or the root model's
+                settings when there is none).
         """
         from sandboxes import SandboxSpec
 
@@ -123,6 +151,10 @@ class RLM:
             raise ValueError("max_iterations must be at least 1")
         self.backend = backend
         self.backend_kwargs = dict(backend_kwargs or {})
+        if sampling_args is not None:
+            self.backend_kwargs["sampling_args"] = {**self.backend_kwargs.get("sampling_args", {}), **sampling_args}
+        if sub_sampling_args is not None and not other_backends:
+            other_backends, other_backend_kwargs = [backend], [dict(self.backend_kwargs)]
         self.environment = environment
         self.environment_kwargs = dict(environment_kwargs or {})
         if "cell_timeout_s" in self.environment_kwargs:
@@ -141,13 +173,28 @@ class RLM:
         self.other_backend_kwargs = [dict(k) for k in (other_backend_kwargs or [])]
         if len(self.other_backend_kwargs) < len(self.other_backends):
             raise ValueError("give one other_backend_kwargs entry (with model_name) per other_backends entry")
+        if sub_sampling_args is not None:
+            first = self.other_backend_kwargs[0]
+            first["sampling_args"] = {**first.get("sampling_args", {}), **sub_sampling_args}
+        self.custom_tools = Toolbox.parse(custom_tools)
+        self.custom_sub_tools = (self.custom_tools if custom_sub_tools is None
+                                 else Toolbox.parse(custom_sub_tools, argument="custom_sub_tools"))
         self.custom_system_prompt = custom_system_prompt
         self.logger = logger
         self.verbose = verbose
         self.limits = limits or Limits()
         self.on_event = on_event
+        self.on_iteration_start = on_iteration_start
+        self.on_iteration_complete = on_iteration_complete
+        self.on_subcall_start = on_subcall_start
+        self.on_subcall_complete = on_subcall_complete
+        self._callbacks()  # fail now on a callback that is not callable
         # Fail now, not mid-run, on an unknown backend, a missing model name or a missing key.
         self._make_clients()
+
+    def _callbacks(self) -> Callbacks:
+        return Callbacks(self.on_event, self.on_iteration_start, self.on_iteration_complete,
+                         self.on_subcall_start, self.on_subcall_complete)
 
     def _make_clients(self) -> tuple[ModelClient, ModelClient, dict[str, ModelClient]]:
         concurrency = self.limits.max_concurrency
@@ -172,6 +219,8 @@ class RLM:
             "other_backends": self.other_backends,
             "other_backend_kwargs": self.other_backend_kwargs,
             "custom_system_prompt": self.custom_system_prompt is not None,
+            "custom_tools": sorted([*self.custom_tools.functions, *self.custom_tools.values]),
+            "custom_sub_tools": sorted([*self.custom_sub_tools.functions, *self.custom_sub_tools.values]),
             "limits": {k: v for k, v in dataclasses.asdict(self.limits).items() if k != "prices"},
             "prices_as_of": PRICES_AS_OF,
         })
@@ -209,9 +258,9 @@ class RLM:
         tree = RunTree(
             run_id=run_id,
             config=TreeConfig(self.environment, self.environment_kwargs, self.max_depth, self.max_iterations,
-                              self.limits, self.custom_system_prompt),
+                              self.limits, self.custom_system_prompt, self.custom_tools, self.custom_sub_tools),
             budget=budget, root_client=root, sub_client=sub, clients=clients, run_log=run_log,
-            progress=ProgressPrinter() if self.verbose else None, on_event=self.on_event,
+            progress=ProgressPrinter() if self.verbose else None, on_event=self._callbacks() or None,
             handler_factory=handlers,
         )
         context_size = len(prompt) if isinstance(prompt, (str, list, dict)) else None
@@ -224,6 +273,7 @@ class RLM:
                            root_prompt=root_prompt)
             outcome = await node.run()
         finally:
+            tree.tool_runner.close()
             for client in {id(c): c for c in clients.values()}.values():
                 await client.aclose()
         result = RLMResult(
@@ -236,6 +286,7 @@ class RLM:
             message=outcome.message,
             run_id=run_id,
             totals=Totals.of(budget.usage),
+            tool_usage=dict(budget.tool_usage),
         )
         tree.emit("final", **{k: v for k, v in result.to_dict().items() if k != "trajectory_path"})
         bound.info("run_end", status=result.status, seconds=round(result.execution_time, 3))

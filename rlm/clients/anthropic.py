@@ -14,6 +14,7 @@ class AnthropicClient(ModelClient):
     backend = "anthropic"
     api_key_env = "ANTHROPIC_API_KEY"
     example_model = "claude-sonnet-4-5"
+    reserved_fields = ModelClient.reserved_fields | {"max_tokens", "system"}
 
     def _make_sdk(self) -> anthropic.AsyncAnthropic:
         kwargs: dict[str, Any] = {"api_key": self.api_key, "max_retries": 0,
@@ -26,8 +27,8 @@ class AnthropicClient(ModelClient):
                        timeout: float) -> ModelResponse:
         system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
         turns = [{"role": m["role"], "content": m["content"]} for m in messages if m["role"] != "system"]
-        body: dict[str, Any] = {"model": self.model_name, "max_tokens": max_output_tokens,
-                                "messages": turns, **self.options}
+        body: dict[str, Any] = {**self.options, "model": self.model_name, "max_tokens": max_output_tokens,
+                                "messages": turns}
         if system:
             body["system"] = system
         try:

@@ -25,7 +25,7 @@ import random
 import ssl
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Mapping
 
 from sandboxes.logs import get_logger
 
@@ -90,7 +90,7 @@ class ModelClient(abc.ABC):
     api_key_env: ClassVar[str] = ""
 
     def __init__(self, model_name: str, *, api_key: str | None = None, base_url: str | None = None,
-                 concurrency: int = 16, **options: Any) -> None:
+                 concurrency: int = 16, sampling_args: Mapping[str, Any] | None = None, **options: Any) -> None:
         if not model_name:
             raise ValueError(f"backend_kwargs for {self.backend!r} need a model_name, e.g. "
                              f"{{'model_name': '{self.example_model}'}}")
@@ -101,13 +101,33 @@ class ModelClient(abc.ABC):
                              f"or pass backend_kwargs={{'api_key': ...}}")
         self.base_url = base_url
         # Extra request fields (temperature, reasoning_effort, ...), sent as given.
-        self.options = options
+        self.options = self._request_fields(options, sampling_args)
         lanes = max(1, min(MAX_LANES, -(-concurrency // REQUESTS_PER_LANE)))
         self._lane_count = lanes
         self._lanes: list[Any] = []
         self._next_lane = itertools.count()
 
     example_model: ClassVar[str] = "model-name"
+    # Request fields the client sets itself: extra options may never replace them.
+    reserved_fields: ClassVar[frozenset[str]] = frozenset({"model", "messages", "stream"})
+
+    def _request_fields(self, options: Mapping[str, Any],
+                        sampling_args: Mapping[str, Any] | None) -> dict[str, Any]:
+        """backend_kwargs' extra keys, then ``sampling_args`` over them (the reference's name; its
+        ``extra_body`` entries are merged in flat, as the SDKs send them). None values are dropped."""
+        if sampling_args is not None and not isinstance(sampling_args, Mapping):
+            raise TypeError("sampling_args must be a dict of request fields, e.g. {'temperature': 0.2}")
+        fields = {**options, **(sampling_args or {})}
+        extra_body = fields.pop("extra_body", None) or {}
+        if not isinstance(extra_body, Mapping):
+            raise TypeError("sampling_args['extra_body'] must be a dict")
+        fields.update(extra_body)
+        taken = sorted(set(fields) & self.reserved_fields)
+        if taken:
+            raise ValueError(f"{self.backend} request fields {taken} are set by the RLM and cannot be passed in "
+                             "backend_kwargs or sampling_args: the model is backend_kwargs['model_name'], the "
+                             "messages are the RLM's, and the output cap is Limits.max_output_tokens")
+        return {k: v for k, v in fields.items() if v is not None}
 
     def describe(self) -> dict[str, Any]:
         """Settings worth logging (never the key)."""

@@ -18,6 +18,7 @@ class OpenAIClient(ModelClient):
     backend = "openai"
     api_key_env = "OPENAI_API_KEY"
     example_model = "gpt-5-mini"
+    reserved_fields = ModelClient.reserved_fields | {"max_tokens", "max_completion_tokens"}
 
     def __init__(self, model_name: str, *, max_tokens_param: str = "max_completion_tokens", **kwargs: Any) -> None:
         # Older OpenAI-compatible servers only know "max_tokens".
@@ -33,8 +34,8 @@ class OpenAIClient(ModelClient):
 
     async def _attempt(self, sdk: openai.AsyncOpenAI, messages: list[Message], max_output_tokens: int,
                        timeout: float) -> ModelResponse:
-        body: dict[str, Any] = {"model": self.model_name, "messages": messages,
-                                self.max_tokens_param: max_output_tokens, **self.options}
+        body: dict[str, Any] = {**self.options, "model": self.model_name, "messages": messages,
+                                self.max_tokens_param: max_output_tokens}
         try:
             data = await sdk.post("/chat/completions", cast_to=object, body=body,
                                   options={"timeout": timeout, "max_retries": 0})
