@@ -2,6 +2,10 @@
 
 ``rlm sandbox ...`` dispatches here (``main(argv)``); ``python -m sandboxes.cli ...`` works too, for
 machines where only the sandbox layer is wanted (CI brings the image up this way).
+
+The commands are the Docker family's tools, so this entry point imports them from
+``sandboxes.backends.docker``, each only when its command runs; no module of the shared core imports
+this one.
 """
 
 from __future__ import annotations

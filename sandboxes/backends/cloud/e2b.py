@@ -73,7 +73,6 @@ SDK_SURFACE: tuple[SdkCall, ...] = (
 )
 
 
-
 class E2BSandbox(StdioBoxBackend):
     name = "e2b"
     sdk_module = "e2b"

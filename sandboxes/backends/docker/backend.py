@@ -344,5 +344,4 @@ class DockerSandbox(Backend):
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-
 BACKEND = DockerSandbox

@@ -129,12 +129,9 @@ def _resolve_base(client: Any, base_image: str, offline: bool, say: Log) -> str:
     """The base image to build on: the requested one if present or pullable, else a Debian one."""
     import docker.errors
 
-    try:
-        client.images.get(base_image)
+    if _present(client, base_image):
         say(f"base image {base_image} is present")
         return base_image
-    except docker.errors.ImageNotFound:
-        pass
     if not offline:
         say(f"pulling base image {base_image}")
         try:
@@ -149,14 +146,9 @@ def _resolve_base(client: Any, base_image: str, offline: bool, say: Log) -> str:
 
 def ensure_debian_base(client: Any, say: Log) -> str:
     """A minimal Debian image with Python, made by debootstrap and cached under DEBIAN_BASE_IMAGE."""
-    import docker.errors
-
-    try:
-        client.images.get(DEBIAN_BASE_IMAGE)
+    if _present(client, DEBIAN_BASE_IMAGE):
         say(f"reusing {DEBIAN_BASE_IMAGE}")
         return DEBIAN_BASE_IMAGE
-    except docker.errors.ImageNotFound:
-        pass
     debootstrap = shutil.which("debootstrap") or (
         "/usr/sbin/debootstrap" if os.path.exists("/usr/sbin/debootstrap") else None
     )
