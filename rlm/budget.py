@@ -17,6 +17,9 @@ from typing import Any, Mapping
 
 from sandboxes.logs import get_logger
 
+from rlm.model_names import name_lookup
+from rlm.windows import output_room
+
 log = get_logger("rlm.budget")
 
 @dataclass(frozen=True)
@@ -76,19 +79,7 @@ def price_for(model: str, table: Mapping[str, Price] | None = None) -> Price | N
     ``claude-sonnet-4-5``, but ``gpt-5.5-pro`` is never priced as ``gpt-5.5``: only a suffix that is
     a date or version number (``-2024...``, ``-latest``) extends a name. None when unknown.
     """
-    table = PRICES if table is None else table
-    name = model.strip().lower()
-    if "/" in name:  # "openai/gpt-5-mini" as some gateways spell it
-        name = name.rsplit("/", 1)[1]
-    if name in table:
-        return table[name]
-    best: str | None = None
-    for key in table:
-        if name.startswith(key + "-"):
-            rest = name[len(key) + 1 :]
-            if (rest[:1].isdigit() or rest == "latest") and (best is None or len(key) > len(best)):
-                best = key
-    return table[best] if best is not None else None
+    return name_lookup(model, PRICES if table is None else table)
 
 
 @dataclass(frozen=True)
@@ -122,6 +113,9 @@ class Limits:
     tool_timeout_s: float = 60.0  # per tool call; the kernel gets a ToolError when it runs over
     # USD per million tokens by model name; merged over PRICES. Values: Price or (input, output).
     prices: Mapping[str, Any] | None = None
+    # Context window in tokens by model name; merged over rlm.windows.WINDOWS. Bounds the output cap
+    # sent with each call and tells compaction when to summarise.
+    context_windows: Mapping[str, int] | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_llm_calls", "max_tokens", "max_cost_usd", "max_wall_s", "max_tool_calls"):
@@ -306,6 +300,11 @@ class Budget:
                         else f"${limits.max_cost_usd:g}")
                 raise self.trip(binding, f"the run's budget of {what} cannot cover another model call")
             await self._wait_for_settlement()
+        room = output_room(model, messages, limits.context_windows)
+        if room is not None and room < allowance:
+            # Never ask for more output than the window leaves; if even the minimum does not fit, the
+            # provider's own count decides (our estimate errs high), and says "context length exceeded".
+            allowance = max(room, min(MIN_OUTPUT_TOKENS, allowance))
         cost = price.cost(input_tokens, allowance) if price is not None else 0.0
         reservation = Reservation(model, input_tokens, allowance, input_tokens + allowance, cost)
         self.calls += 1

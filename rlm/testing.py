@@ -81,6 +81,8 @@ class Reply:
     # Retry-After header (seconds) sent with an error status.
     retry_after: float | None = None
     error: str | None = None
+    # A whole error body to send as is (a provider's exact error shape).
+    body: dict[str, Any] | None = None
 
 
 PolicyResult = Union[Reply, str]
@@ -162,11 +164,15 @@ class FakeLLMServer:
         host: str = "127.0.0.1",
         port: int = 0,
         keep_requests: int = 1000,
+        context_window: int | dict[str, int] | None = None,
     ) -> None:
         if not host.startswith("127.") and host not in ("localhost", "::1"):
             raise ValueError("the fake server listens on loopback only")
         self.policy: Policy = policy or echo
         self.latency = latency
+        # Tokens a request may take (input, 4 characters a token, plus its output cap), for every model
+        # or by model name; a request over it gets the provider's "context length exceeded" answer.
+        self.context_window = context_window
         self._host = host
         self._port = port
         # The last requests, for assertions; bounded so long benchmarks keep flat memory.
@@ -254,6 +260,14 @@ class FakeLLMServer:
 
     def hang_next(self, times: int = 1) -> None:
         self.inject(Reply(hang=True), times)
+
+    def _overflow(self, request: FakeRequest) -> Reply | None:
+        window = self.context_window
+        if isinstance(window, dict):
+            window = window.get(request.model)
+        if window is None:
+            return None
+        return context_overflow(request.api, window, estimate_tokens(request.text), request.max_tokens or 0)
 
     # -- the server ------------------------------------------------------------------------------
 
@@ -363,8 +377,11 @@ class FakeLLMServer:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
+            overflow = self._overflow(request)
             if fault is not None:
                 reply = fault
+            elif overflow is not None:
+                reply = overflow
             else:
                 try:
                     result = self.policy(request)
@@ -382,12 +399,32 @@ class FakeLLMServer:
                     extra["retry-after"] = f"{reply.retry_after:g}"
                 message = reply.error or _REASONS.get(reply.status, "error")
                 return reply.status, _error_body(api, reply.status, message), extra
+            if reply.body is not None:
+                return reply.status, reply.body, {}
             input_tokens = reply.input_tokens if reply.input_tokens is not None else estimate_tokens(request.text)
             output_tokens = reply.output_tokens if reply.output_tokens is not None else estimate_tokens(reply.text)
             return 200, _ok_body(api, request, reply.text, input_tokens, output_tokens), {}
         finally:
             with self._lock:
                 self.in_flight -= 1
+
+
+def context_overflow(api: Api, window: int, input_tokens: int, max_tokens: int) -> Reply | None:
+    """The provider's answer to a request over its context window (None when it fits), as each sends it."""
+    if input_tokens + max_tokens <= window:
+        return None
+    if api == "openai":
+        message = (f"This model's maximum context length is {window} tokens. However, you requested "
+                   f"{input_tokens + max_tokens} tokens ({input_tokens} in the messages, {max_tokens} in the "
+                   "completion). Please reduce the length of the messages or completion.")
+        return Reply(status=400, body={"error": {"message": message, "type": "invalid_request_error",
+                                                 "param": "messages", "code": "context_length_exceeded"}})
+    if input_tokens > window:
+        message = f"prompt is too long: {input_tokens} tokens > {window} maximum"
+    else:
+        message = (f"input length and `max_tokens` exceed context limit: {input_tokens} + {max_tokens} > "
+                   f"{window}, decrease input length or `max_tokens` and try again")
+    return Reply(status=400, body={"type": "error", "error": {"type": "invalid_request_error", "message": message}})
 
 
 def _text_of(content: Any) -> str:

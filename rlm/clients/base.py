@@ -22,6 +22,7 @@ import functools
 import itertools
 import os
 import random
+import re
 import ssl
 import time
 from dataclasses import dataclass
@@ -63,6 +64,18 @@ class ModelCallError(Exception):
 
 class ModelTimeoutError(ModelCallError):
     """The provider did not answer within the call's timeout."""
+
+
+class ContextWindowError(ModelCallError):
+    """The request (input plus output cap) does not fit the model's context window; retrying cannot help."""
+
+
+# How providers say a request outgrew the window: OpenAI's code, Anthropic's message, and the words of
+# common OpenAI-compatible servers (vLLM, llama.cpp, LiteLLM).
+CONTEXT_WINDOW_CODES = ("context_length_exceeded", "exceed_context_size_error")
+_CONTEXT_WINDOW_WORDS = re.compile(
+    r"prompt is too long|context[_ ]length|maximum context|context window|exceeds? (the )?(available )?context"
+    r"|exceed context limit", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -246,6 +259,10 @@ def translate_sdk_error(sdk_module: Any, exc: Exception, model: str) -> ModelCal
         elif status == 404:
             hint = " (check the model name and base_url)"
         message = getattr(exc, "message", None) or str(exc)
+        if status in (400, 413) and (getattr(exc, "code", None) in CONTEXT_WINDOW_CODES
+                                     or _CONTEXT_WINDOW_WORDS.search(str(message))):
+            return ContextWindowError(f"{model}: the request does not fit the model's context window "
+                                      f"(HTTP {status}: {str(message)[:300]})", retryable=False, status=status)
         return ModelCallError(f"{model}: HTTP {status} from the provider{hint}: {str(message)[:500]}",
                               retryable=retryable, status=status, retry_after=retry_after)
     return ModelCallError(f"{model}: {exc.__class__.__name__}: {exc}", retryable=False)
