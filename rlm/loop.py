@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,17 +17,17 @@ from sandboxes.logs import get_logger
 
 from rlm import prompts
 from rlm.budget import LimitExceeded
-from rlm.clients.base import ModelCallError, ModelClient, ModelTimeoutError
+from rlm.clients.base import ContextWindowError, ModelCallError, ModelClient, ModelResponse, ModelTimeoutError
+from rlm.compaction import Conversation
 from rlm.parsing import parse_reply, truncate
 from rlm.tree import RunTree
-from rlm.repl_setup import CONTEXT_JSON, CONTEXT_TEXT, TOOLS_JSON, reset_ready_code, setup_code, tools_code
-from sandboxes import SandboxSpec, open_sandbox
+from rlm.repl_setup import TOOLS_JSON, reset_ready_code, tools_code
+from rlm.windows import DEFAULT_WINDOW, estimate_tokens, window_for
+from rlm.workspace import SETUP_TIMEOUT_S, Workspace, error_text as _error_text
+from sandboxes import SandboxSpec
 from sandboxes.errors import SandboxError
 from sandboxes.results import ExecResult
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-# The setup cell loads the context; a large one takes a while to parse.
-SETUP_TIMEOUT_S = 300.0
 # A plain model call (depth exhausted) refuses material larger than any model window.
 MAX_PLAIN_CALL_CHARS = 4_000_000
 # Model replies kept in the run log per iteration.
@@ -53,10 +52,15 @@ class _Stop(Exception):
 
 
 class RLMNode:
-    """One completion at one depth: owns its sandbox for exactly the duration of ``run``."""
+    """One completion at one depth: owns its sandbox for exactly the duration of ``run``.
+
+    A persistent RLM's root instead works in its session's ``workspace`` and ``conversation``, which
+    outlive the completion.
+    """
 
     def __init__(self, tree: RunTree, *, rlm_id: str, depth: int, parent_id: str | None, client: ModelClient,
-                 context: Any, root_prompt: str | None) -> None:
+                 context: Any, root_prompt: str | None, workspace: Workspace | None = None,
+                 conversation: Conversation | None = None) -> None:
         self.tree = tree
         self.rlm_id = rlm_id
         self.depth = depth
@@ -74,8 +78,10 @@ class RLMNode:
         self.looked = False
         self.rejected_early = False
         self.box: Any = None
-        self.messages: list[dict[str, str]] = []
-        self._setup_cell = ""
+        self.in_session = workspace is not None
+        self.workspace = workspace
+        self.conversation = conversation or Conversation()
+        self.messages: list[dict[str, str]] = self.conversation.messages
         self.log = get_logger("rlm").bind(run_id=tree.run_id, rlm_id=rlm_id, depth=depth)
 
     # -- entry -----------------------------------------------------------------------------------
@@ -119,7 +125,8 @@ class RLMNode:
         except LimitExceeded as exc:
             return NodeOutcome(exc.limit, None, 0, str(exc))
         except ModelCallError as exc:
-            status = "model_timeout_s" if isinstance(exc, ModelTimeoutError) else "error"
+            status = ("model_timeout_s" if isinstance(exc, ModelTimeoutError) else
+                      "context_window" if isinstance(exc, ContextWindowError) else "error")
             return NodeOutcome(status, None, 0, str(exc))
         return NodeOutcome("max_depth", response.text, 0, "depth limit reached: answered by a plain model call")
 
@@ -144,6 +151,10 @@ class RLMNode:
             status, message = exc.limit, str(exc)
         except ModelTimeoutError as exc:
             status, message = "model_timeout_s", str(exc)
+        except ContextWindowError as exc:
+            advice = ("even after compaction" if tree.config.compaction else
+                      "turn on RLM(compaction=True) to summarise older turns")
+            status, message = "context_window", f"the conversation outgrew the model's context window ({advice}): {exc}"
         except ModelCallError as exc:
             status, message = "error", str(exc)
         except SandboxError as exc:
@@ -166,33 +177,40 @@ class RLMNode:
                            **config.environment_kwargs)
 
     async def _in_sandbox(self) -> tuple[str, str | None]:
+        """Start getting the box ready (a task) and run the loop meanwhile; the box ends with the RLM,
+        or stays with the session of a persistent RLM."""
         tree = self.tree
-        async with open_sandbox(self._spec(), handlers=tree.handlers_for(self)) as box:
-            self.box = box
-            self.log = self.log.bind(box_id=box.box_id)
-            tree.emit("rlm_start", rlm_id=self.rlm_id, parent=self.parent_id, depth=self.depth,
-                      box_id=box.box_id, model=self.client.model_name, prompt=self._prompt_preview())
-            self.log.info("rlm_start", model=self.client.model_name)
-            await self._load_context(box)
+        workspace = self.workspace = self.workspace or Workspace(self._spec())
+        toolbox = tree.config.tools_at(self.depth)
+        box_id = workspace.begin(self.context, tree.handlers_for(self), emit=self._emit,
+                                 deadline=tree.budget.deadline,
+                                 extra_files=((TOOLS_JSON, toolbox.manifest()),) if toolbox else (),
+                                 extra_code=tools_code(TOOLS_JSON) if toolbox else "")
+        self.log = self.log.bind(box_id=box_id)
+        tree.emit("rlm_start", rlm_id=self.rlm_id, parent=self.parent_id, depth=self.depth,
+                  box_id=box_id, model=self.client.model_name, prompt=self._prompt_preview())
+        self.log.info("rlm_start", model=self.client.model_name)
+        try:
             return await self._iterate()
+        finally:
+            await (workspace.abandon() if self.in_session else workspace.close())
 
-    async def _load_context(self, box: Any) -> None:
-        if isinstance(self.context, str):
-            name, data = CONTEXT_TEXT, self.context.encode("utf-8")
-        else:
-            name, data = CONTEXT_JSON, json.dumps(self.context, ensure_ascii=False, default=str).encode("utf-8")
-        await box.put_file(name, data)
-        self._setup_cell = setup_code(name)
-        toolbox = self.tree.config.tools_at(self.depth)
-        if toolbox:
-            await box.put_file(TOOLS_JSON, toolbox.manifest())
-            self._setup_cell += tools_code(TOOLS_JSON)
-        await self._setup(box)
+    def _emit(self, event: str, **fields: Any) -> None:
+        self.tree.emit(event, rlm_id=self.rlm_id, depth=self.depth, **fields)
 
-    async def _setup(self, box: Any) -> None:
-        result = await box.execute(self._setup_cell, timeout=self._bounded(SETUP_TIMEOUT_S)[0])
-        if not result.ok:
-            raise _Stop("error", f"the REPL setup cell failed ({result.status}): {_error_text(result)}")
+    async def _box_ready(self) -> str | None:
+        """Wait until the box is ready (the first cell may wait here for the end of its start); return
+        what the model must be told about it (its state is gone), if anything."""
+        if self.box is None:
+            self.box = await self.workspace.ready()
+        conversation = self.conversation
+        if conversation.history_pending:
+            await self.workspace.put_history(conversation.history, self._bounded(SETUP_TIMEOUT_S)[0])
+            conversation.history_pending = False
+        notice = self.workspace.take_notice()
+        if notice:
+            self._emit("notice", iteration=self.iteration, text=notice)
+        return notice
 
     def _bounded(self, timeout: float) -> tuple[float, bool]:
         """``timeout`` clamped to the wall clock; True when the clock is the tighter bound."""
@@ -206,19 +224,28 @@ class RLMNode:
     async def _iterate(self) -> tuple[str, str | None]:
         tree = self.tree
         config = tree.config
-        self.messages = messages = [
-            {"role": "system", "content": prompts.system_prompt(
-                max_iterations=config.max_iterations, output_chars=config.limits.max_output_chars,
-                custom=config.custom_system_prompt, tools=config.tools_at(self.depth).prompt_section())},
-            {"role": "user", "content": prompts.first_message(prompts.describe_context(self.context),
-                                                              self.root_prompt)},
-        ]
+        messages = self.messages
+        description = prompts.describe_context(self.context)
+        if not messages:
+            messages[:] = [
+                {"role": "system", "content": prompts.system_prompt(
+                    max_iterations=config.max_iterations, output_chars=config.limits.max_output_chars,
+                    custom=config.custom_system_prompt, tools=config.tools_at(self.depth).prompt_section())},
+                {"role": "user", "content": prompts.first_message(description, self.root_prompt)},
+            ]
+        else:  # the next completion of a session: a new context beside the others
+            notice = self.workspace.take_notice()
+            self.conversation.add_turn(prompts.new_context_message(
+                self.workspace.count - 1, description, self.root_prompt, notice))
         for iteration in range(1, config.max_iterations + 1):
             self.iteration = iteration
             started = time.monotonic()
             tree.emit("iteration_start", rlm_id=self.rlm_id, depth=self.depth, iteration=iteration)
-            reply = await tree.call_model(self.client, messages, rlm_id=self.rlm_id, depth=self.depth)
-            model_s = time.monotonic() - started
+            if config.compaction:
+                await self._compact()
+            asked = time.monotonic()
+            reply = await self._ask()
+            model_s = time.monotonic() - asked
             text = reply.text
             parsed = parse_reply(text)
             tree.emit("iteration", rlm_id=self.rlm_id, depth=self.depth, iteration=iteration,
@@ -259,6 +286,62 @@ class RLMNode:
             self._iteration_end(started)
         return "max_iterations", f"no final answer after {config.max_iterations} iterations"
 
+    async def _ask(self) -> ModelResponse:
+        """The root model's next reply. A provider's "context length exceeded" compacts (when compaction
+        is on) and asks once more; without compaction it ends the run with status context_window."""
+        try:
+            return await self._call_root()
+        except ContextWindowError:
+            if not self.tree.config.compaction or not await self._compact(forced=True):
+                raise
+            return await self._call_root()
+
+    async def _call_root(self) -> ModelResponse:
+        tree = self.tree
+        call = tree.call_model(self.client, self.messages, rlm_id=self.rlm_id, depth=self.depth)
+        getting_ready = self.workspace.task if self.workspace is not None else None
+        if self.box is not None or getting_ready is None:
+            return await call
+        # The box is still getting ready and the model thinks meanwhile. If the box fails first, the call
+        # is cancelled: a failed start costs at most this one call.
+        pending = asyncio.ensure_future(call)
+        try:
+            await asyncio.wait({pending, getting_ready}, return_when=asyncio.FIRST_COMPLETED)
+            if not pending.done() and (getting_ready.cancelled() or getting_ready.exception() is not None):
+                await self.workspace.ready()  # raises why the box failed
+            return await pending
+        finally:
+            if not pending.done():
+                pending.cancel()
+                await asyncio.gather(pending, return_exceptions=True)
+
+    async def _compact(self, *, forced: bool = False) -> bool:
+        """Summarise the conversation when it nears the model's window (or the provider said it is over).
+
+        One model call, counted like any other; the REPL state is untouched and the full conversation
+        goes to the REPL as ``history``. Returns whether it compacted.
+        """
+        tree, conversation = self.tree, self.conversation
+        known = window_for(self.client.model_name, tree.limits.context_windows)
+        window = known or DEFAULT_WINDOW
+        tokens = estimate_tokens(self.messages)
+        threshold = int(tree.config.compaction_threshold_pct * window)
+        if (tokens < threshold and not forced) or len(self.messages) <= 4:
+            return False
+        if forced:  # our estimate said it fits and the provider disagreed: aim well below what failed
+            window = min(window, int(tokens * 0.75))
+        asked = time.monotonic()
+        reply = await tree.call_model(self.client, conversation.summary_request(window), rlm_id=self.rlm_id,
+                                      depth=self.depth)
+        conversation.compact(reply.text.strip() or "(the summary came back empty)")
+        self._emit("compaction", iteration=self.iteration, count=conversation.compactions, forced=forced,
+                   tokens_before=tokens, tokens_after=estimate_tokens(self.messages), window=known,
+                   threshold=threshold, model_seconds=round(time.monotonic() - asked, 4),
+                   input_tokens=reply.input_tokens, output_tokens=reply.output_tokens,
+                   history_messages=len(conversation.history), summary=reply.text[:2000])
+        self.log.info("compaction", count=conversation.compactions, tokens_before=tokens, forced=forced)
+        return True
+
     def _iteration_end(self, started: float) -> None:
         """An iteration completed (its cells ran); one cut short by a limit ends with rlm_end instead."""
         self.tree.emit("iteration_end", rlm_id=self.rlm_id, depth=self.depth, iteration=self.iteration,
@@ -284,6 +367,7 @@ class RLMNode:
 
     async def _run_cell(self, code: str, index: int, total: int) -> str:
         """Run one block; return what the model is told about it. Raises _Stop / LimitExceeded to end."""
+        box_notice = await self._box_ready()
         tree, box = self.tree, self.box
         timeout, clock_bound = self._bounded(tree.limits.cell_timeout_s)
         started = time.monotonic()
@@ -319,17 +403,24 @@ class RLMNode:
                 raise _Stop("cell_timeout_s", f"{self.cell_timeouts} cells ran past the per-cell timeout of "
                                               f"{timeout:g} s (Limits.max_cell_timeouts={tree.limits.max_cell_timeouts})")
         if result.status == "sandbox_lost":
-            raise _Stop("error", f"the sandbox was lost: {result.notice or _error_text(result)}")
+            reason = result.notice or _error_text(result)
+            self.workspace.mark_lost(reason)
+            self._emit("sandbox_lost", iteration=self.iteration, box_id=box.box_id, reason=reason)
+            raise _Stop("error", f"the sandbox was lost: {reason}" + (
+                " The session starts a new box on its next completion; the REPL state is gone."
+                if self.in_session else ""))
         report = prompts.cell_report(index, total, "timeout" if timed_out else result.status, output,
                                      result.duration_s, tree.limits.max_output_chars)
         if timed_out:
             report += "\n" + prompts.CELL_TIMED_OUT.format(timeout=timeout)
         if result.status in ("kernel_restarted", "oom"):
             why = "out of memory" if result.status == "oom" else "the cell would not stop"
-            await self._setup(box)
+            await self.workspace.setup_again(self._bounded(SETUP_TIMEOUT_S)[0])
             note = prompts.KERNEL_RESTARTED.format(why=why)
             tree.emit("notice", rlm_id=self.rlm_id, depth=self.depth, iteration=self.iteration, text=note)
             report += "\n" + note
+        if box_notice:
+            report += "\n" + box_notice
         return report
 
     async def _quiet(self, code: str) -> None:
@@ -356,13 +447,6 @@ class RLMNode:
         if parsed.final is not None and parsed.final.kind == "text":
             return parsed.final.value
         return reply.text.strip() or None
-
-
-def _error_text(result: ExecResult) -> str:
-    if result.error is None:
-        return result.notice or result.status
-    trace = _ANSI.sub("", result.error.traceback or "")
-    return trace.strip() or str(result.error)
 
 
 def _output_text(result: ExecResult) -> str:

@@ -120,6 +120,22 @@ def first_message(context_description: str, root_prompt: str | None) -> str:
     )
 
 
+def new_context_message(index: int, context_description: str, root_prompt: str | None,
+                        notice: str | None = None) -> str:
+    """The next completion of a persistent RLM: a new context beside the earlier ones, a new question."""
+    question = root_prompt if root_prompt else (
+        "No separate question was given: the new context itself states the task. Read it with code to find "
+        "out what is asked, then do it.")
+    earlier = "`context_0`" if index == 1 else f"`context_0` to `context_{index - 1}`"
+    return (
+        (f"{notice}\n\n" if notice else "")
+        + f"A new context was added to the REPL as `context_{index}`: it is {context_description}. `context` now "
+        f"points at it; {earlier} and the variables you defined are still there.\n\n"
+        f"Question: {question}\n\n"
+        "You have not looked at the new context yet. Start by inspecting it in a ```repl block; do not answer yet."
+    )
+
+
 def cell_report(index: int, total: int, status: str, output: str, seconds: float, limit: int) -> str:
     shown = truncate(output, limit) if output.strip() else "(no output)"
     return f"Block {index}/{total} [{status}, {seconds:.2f} s]:\n```\n{shown}\n```"

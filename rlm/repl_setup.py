@@ -1,17 +1,19 @@
 """The setup cell: what every RLM kernel starts with.
 
-It loads ``context`` from the file the controller uploaded (the context never travels inside a code
-string), and defines the REPL functions as thin wrappers over the one channel to the controller,
-``sandboxes.guest.runtime.call``. The wrappers claim nothing about depth or budget: the controller
-binds each sandbox's handlers to its own RLM and decides everything itself.
+It loads each context from the file the controller uploaded (the context never travels inside a code
+string) as ``context_0``, ``context_1``, ... with ``context`` naming the newest, and defines the REPL
+functions as thin wrappers over the one channel to the controller, ``sandboxes.guest.runtime.call``.
+The wrappers claim nothing about depth or budget: the controller binds each sandbox's handlers to its
+own RLM and decides everything itself.
 
-The same cell runs again after a kernel restart; the context file is still on disk.
+The same cell runs again after a kernel restart; the context files are still on disk.
 """
 
 from __future__ import annotations
 
-CONTEXT_TEXT = "context.txt"
-CONTEXT_JSON = "context.json"
+from typing import Sequence
+
+HISTORY_JSON = "history.json"
 TOOLS_JSON = "tools.json"
 
 # Names the setup cell binds (and IPython's own), which SHOW_VARS leaves out and custom tools may not
@@ -26,9 +28,11 @@ _SETUP = r'''
 import json as _rlm_json
 from sandboxes.guest.runtime import call as _rlm_call, GuestCallError
 
-with open(__RLM_CONTEXT_FILE__, encoding="utf-8") as _rlm_file:
-    context = _rlm_json.load(_rlm_file) if __RLM_IS_JSON__ else _rlm_file.read()
-del _rlm_file
+
+
+def _rlm_load(path):
+    with open(path, encoding="utf-8") as file:
+        return _rlm_json.load(file) if path.endswith(".json") else file.read()
 
 
 class LLMError(str):
@@ -135,11 +139,33 @@ def SHOW_VARS():
 '''
 
 
-def setup_code(context_file: str) -> str:
-    """The setup cell for a context uploaded as ``context_file`` (CONTEXT_TEXT or CONTEXT_JSON)."""
-    return (_SETUP.replace("__RLM_CONTEXT_FILE__", repr(context_file))
-            .replace("__RLM_IS_JSON__", repr(context_file.endswith(".json")))
-            .replace("__RLM_NAMES__", repr(sorted(REPL_NAMES))))
+def context_file(index: int, is_json: bool) -> str:
+    """The file the ``index``-th context is uploaded to (as the reference names the variables)."""
+    return f"context_{index}.{'json' if is_json else 'txt'}"
+
+
+def setup_code(context_files: Sequence[str], *, history: bool = False) -> str:
+    """The setup cell: the REPL functions, then every context (``context_files`` in order, from
+    ``context_file``), and ``history`` when a compaction has uploaded one."""
+    return (_SETUP.replace("__RLM_NAMES__", repr(sorted(REPL_NAMES)))
+            + contexts_code(context_files) + (history_code() if history else ""))
+
+
+def contexts_code(context_files: Sequence[str], first: int = 0) -> str:
+    """Load contexts ``first``, ``first + 1``, ... as ``context_N`` and point ``context`` at the last.
+
+    Also starts a fresh ``answer``: in a session, each completion has its own.
+    """
+    lines = [f"context_{first + i} = _rlm_load({name!r})" for i, name in enumerate(context_files)]
+    if context_files:
+        lines.append(f"context = context_{first + len(context_files) - 1}")
+    lines.append('answer = _RLMAnswer(content="", ready=False)')
+    return "\n" + "\n".join(lines) + "\n"
+
+
+def history_code() -> str:
+    """Bind ``history`` (the root conversation before compaction) from the file the controller uploaded."""
+    return f"history = _rlm_load({HISTORY_JSON!r})\n"
 
 
 def reset_ready_code() -> str:

@@ -40,6 +40,10 @@ class TreeConfig:
     tools: Toolbox = field(default_factory=Toolbox)
     sub_tools: Toolbox = field(default_factory=Toolbox)
 
+    # Summarise the conversation of an RLM loop when it reaches this share of the model's window.
+    compaction: bool = False
+    compaction_threshold_pct: float = 0.85
+
     def tools_at(self, depth: int) -> Toolbox:
         return self.tools if depth == 0 else self.sub_tools
 
