@@ -31,7 +31,7 @@ import json
 import keyword
 import threading
 import weakref
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 try:
     import dspy  # noqa: F401  (the framework this module adapts)
@@ -51,8 +51,9 @@ __all__ = ["SandboxInterpreter", "SandboxInterpreterFactory", "CodeExecutionErro
 _TERMINAL = {"kernel_restarted", "oom", "sandbox_lost"}
 _SYNTAX_ERRORS = {"SyntaxError", "IndentationError", "TabError"}
 _RESERVED = {"SUBMIT", kernel.MODULE_NAME}
-# Set in the worker thread that runs a tool, to refuse an execute() from inside a tool (it would wait
-# on the very cell that waits on the tool).
+# Which interpreter's tool the current worker thread runs, to refuse an execute() on that same
+# interpreter from inside it (it would wait on the very cell that waits on the tool). Other
+# interpreters stay usable from a tool: dspy's facade runs nested dspy.RLMs, each in a box of its own.
 _in_tool = threading.local()
 
 
@@ -109,10 +110,8 @@ class SandboxInterpreter:
             raise CodeInterpreterError(self._ended)
         if self._box is not None:
             return
-        ref = weakref.ref(self)
         try:
-            box = SyncSandbox(self.spec, {kernel.SUBMIT_CALL: lambda payload: _alive(ref)._take_submit(payload)},
-                              backend=self._backend)
+            box = SyncSandbox(self.spec, self._handlers([]), backend=self._backend)
         except SandboxError as exc:
             raise CodeInterpreterError(f"could not start the {self.spec.backend} sandbox: {exc}") from exc
         self._box = box
@@ -146,7 +145,7 @@ class SandboxInterpreter:
     def execute(self, code: str, variables: dict[str, Any] | None = None) -> Any:
         """Run ``code`` in the box after binding ``variables``; return its output text, ``None`` when it
         printed nothing, or ``FinalOutput`` when it called ``SUBMIT``."""
-        if getattr(_in_tool, "active", False):
+        if getattr(_in_tool, "owner", None) is self:
             raise CodeInterpreterError("SandboxInterpreter cannot execute code from inside one of its own tools")
         with self._lock:
             self.start()
@@ -202,13 +201,7 @@ class SandboxInterpreter:
             self._end(f"the sandbox was lost while sending variables: {exc}")
             raise CodeInterpreterError(self._ended) from exc
         if bound != self._bound:
-            ref = weakref.ref(self)
-            handlers: dict[str, Callable[[Any], Any]] = {
-                kernel.SUBMIT_CALL: lambda payload: _alive(ref)._take_submit(payload)}
-            for name in tools:
-                handlers[kernel.TOOL_CALL_PREFIX + name] = (
-                    lambda payload, name=name: _alive(ref)._serve_tool(name, payload))
-            box.bind(handlers)
+            box.bind(self._handlers(tools))
         result = self._run_cell(kernel.PREPARE_CODE)
         if result.status == "error" and result.error is not None:
             self._uploaded.clear()  # e.g. the code deleted the files: send them all again next time
@@ -236,6 +229,17 @@ class SandboxInterpreter:
 
     # --- calls from the kernel (worker threads of the box's loop) -------------------------------
 
+    def _handlers(self, tool_names: Iterable[str]) -> dict[str, Callable[[Any], Any]]:
+        """Guest-call handlers: SUBMIT, and one per tool. They hold the interpreter weakly, so a
+        forgotten interpreter can be collected (and its box destroyed by the finalizer)."""
+        ref = weakref.ref(self)
+        handlers: dict[str, Callable[[Any], Any]] = {
+            kernel.SUBMIT_CALL: lambda payload: _alive(ref)._take_submit(payload)}
+        for name in tool_names:
+            handlers[kernel.TOOL_CALL_PREFIX + name] = (
+                lambda payload, name=name: _alive(ref)._serve_tool(name, payload))
+        return handlers
+
     def _serve_tool(self, name: str, payload: Any) -> Any:
         if not isinstance(payload, dict):
             raise TypeError("a tool call carries {'args': [...], 'kwargs': {...}}")
@@ -252,11 +256,11 @@ class SandboxInterpreter:
         if fn is None:
             raise NameError(f"no tool named {name!r}")
         args, kwargs = _as_keywords(fn, args, kwargs)
-        _in_tool.active = True
+        _in_tool.owner = self
         try:
             result = self.invoke_tool(name, kwargs, args)
         finally:
-            _in_tool.active = False
+            _in_tool.owner = None
         return to_jsonable_python(result, fallback=str)
 
     @with_callbacks

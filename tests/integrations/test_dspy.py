@@ -75,6 +75,33 @@ def test_dspy_rlm_async_path_from_inside_a_running_event_loop(no_traffic_off_mac
     check_scripted_answer(prediction, server)
 
 
+def test_dspy_sub_agents_built_in_the_box_run_on_the_host(no_traffic_off_machine: Any) -> None:
+    """dspy's facade: `import dspy` in the box gives a stand-in whose predictors run on the host,
+    reached through two of the interpreter's tools."""
+    from rlm.testing import Script
+    from tests.integrations.dspy_support import action, is_action
+
+    root = Script([action("Ask a sub-agent.", "import dspy\n"
+                                              "reply = dspy.Predict('question -> answer')(question='capital of Portugal?')\n"
+                                              "print('sub-agent:', reply.answer)"),
+                   action("Submit.", "SUBMIT(answer=reply.answer)")])
+
+    def policy(request: Any) -> str:
+        if is_action(request):
+            return root(request)
+        assert "capital of Portugal?" in request.last_user
+        return "[[ ## answer ## ]]\nLisbon\n\n[[ ## completed ## ]]\n"
+
+    with FakeLLMServer(policy) as server:
+        lm = dspy.LM("openai/fake-root", api_base=server.openai_base_url, api_key="k", cache=False, num_retries=0)
+        rlm = dspy.RLM("question -> answer", max_iters=3, interpreter_factory=SandboxInterpreter.factory(SPEC))
+        with dspy.context(lm=lm):
+            prediction = rlm(question="What is the capital of Portugal?")
+        assert prediction.answer == "Lisbon"
+        assert "sub-agent: Lisbon" in prediction.trajectory[0]["output"]
+        assert server.request_count == 3
+
+
 def test_the_factory_is_what_dspy_accepts() -> None:
     from dspy.primitives.code_interpreter import _validate_interpreter_factory
 
@@ -269,6 +296,13 @@ def test_a_tool_cannot_run_code_in_its_own_interpreter(interp: SandboxInterprete
     interp.tools["again"] = lambda: interp.execute("1")
     with pytest.raises(CodeExecutionError, match="cannot execute code from inside one of its own tools"):
         interp.execute("again()")
+
+
+def test_a_tool_may_run_code_in_another_interpreter(interp: SandboxInterpreter) -> None:
+    # As dspy's facade does for a dspy.RLM built inside the box: the nested one gets a box of its own.
+    with SandboxInterpreter(SPEC) as inner:
+        interp.tools["nested"] = lambda code: inner.execute(code)
+        assert interp.execute("print(nested('print(6 * 7)'))") == "42\n\n"
 
 
 def test_dspy_callbacks_see_start_execute_tool_calls_and_shutdown() -> None:
