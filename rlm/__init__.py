@@ -26,6 +26,7 @@ from rlm.budget import PRICES, PRICES_AS_OF, Budget, LimitExceeded, Limits, Mode
 from rlm.callbacks import Callbacks
 from rlm.clients import make_client
 from rlm.clients.base import ModelClient
+from rlm.session import LoopThread, Session, SessionSpent
 from rlm.tools import Toolbox
 from rlm.trajectory import ProgressPrinter, RLMLogger, redact
 
@@ -107,6 +108,10 @@ class RLM:
         on_subcall_complete: Callable[[int, str, float, str | None], None] | None = None,
         sampling_args: dict[str, Any] | None = None,
         sub_sampling_args: dict[str, Any] | None = None,
+        persistent: bool = False,
+        session_limits: Limits | None = None,
+        compaction: bool = False,
+        compaction_threshold_pct: float = 0.85,
     ) -> None:
         """
         Args:
@@ -142,6 +147,15 @@ class RLM:
                 they can never replace the model, the messages or the output cap (Limits.max_output_tokens).
             sub_sampling_args: the same for the sub-call model (other_backends[0], or the root model's
                 settings when there is none).
+            persistent: keep the box, the REPL state and the root conversation across completions (a
+                session; see rlm.session): each completion's context becomes ``context_1``,
+                ``context_2``, ... with ``context`` the newest. ``close()`` (or ``with`` / ``async with``)
+                destroys the box.
+            session_limits: a budget for the whole session (calls, tokens, USD, and seconds spent in
+                completions), shared by its completions; each completion still has ``limits``.
+            compaction: summarise the root conversation when it reaches ``compaction_threshold_pct`` of
+                the model's context window (Limits.context_windows, else rlm.windows.WINDOWS); the full
+                conversation stays in the REPL as ``history``.
         """
         from sandboxes import SandboxSpec
 
@@ -189,6 +203,15 @@ class RLM:
         self.on_subcall_start = on_subcall_start
         self.on_subcall_complete = on_subcall_complete
         self._callbacks()  # fail now on a callback that is not callable
+        if session_limits is not None and not persistent:
+            raise ValueError("session_limits needs persistent=True (a session); per completion, use limits=")
+        if not 0 < compaction_threshold_pct <= 1:
+            raise ValueError("compaction_threshold_pct must be in (0, 1], e.g. 0.85")
+        self.persistent = persistent
+        self.session_limits = session_limits
+        self.compaction = compaction
+        self.compaction_threshold_pct = compaction_threshold_pct
+        self._session: Session | None = None
         # Fail now, not mid-run, on an unknown backend, a missing model name or a missing key.
         self._make_clients()
 
@@ -222,11 +245,20 @@ class RLM:
             "custom_tools": sorted([*self.custom_tools.functions, *self.custom_tools.values]),
             "custom_sub_tools": sorted([*self.custom_sub_tools.functions, *self.custom_sub_tools.values]),
             "limits": {k: v for k, v in dataclasses.asdict(self.limits).items() if k != "prices"},
+            "persistent": self.persistent,
+            "compaction": self.compaction,
+            "compaction_threshold_pct": self.compaction_threshold_pct,
             "prices_as_of": PRICES_AS_OF,
         })
 
     def completion(self, prompt: str | list[Any] | dict[str, Any], root_prompt: str | None = None) -> RLMResult:
         """Answer ``root_prompt`` over the context ``prompt``. Blocks; see ``acompletion``."""
+        if self.persistent:
+            _check_context(prompt, root_prompt)
+            if self._session is None:
+                runner = LoopThread()
+                self._session = Session(runner.loop, self._spec(), runner)
+            return self._in_session(lambda session: session.run_blocking, prompt, root_prompt)
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -242,23 +274,90 @@ class RLM:
         Never raises for limits, provider failures or sandbox failures: the result's ``status`` says
         how the run ended. Raises TypeError for a context of another type.
         """
+        _check_context(prompt, root_prompt)
+        if self.persistent:
+            if self._session is None:
+                self._session = Session(asyncio.get_running_loop(), self._spec())
+            return await self._in_session(lambda session: session.run_async, prompt, root_prompt)
+        return await self._run(prompt, root_prompt, self.limits)
+
+    def _spec(self) -> "SandboxSpec":
+        from sandboxes import SandboxSpec
+
+        return SandboxSpec(backend=self.environment, cell_timeout_s=self.limits.cell_timeout_s,
+                           **self.environment_kwargs)
+
+    def _in_session(self, runner: Callable[[Session], Any], prompt: Any, root_prompt: str | None) -> Any:
+        """Run one completion of the session on the session's loop (``runner`` picks blocking or async)."""
+        session = self._session
+        assert session is not None
+
+        async def turn() -> RLMResult:
+            async with session.lock:
+                started = time.monotonic()
+                try:
+                    limits, notes = session.limits_for(self.limits, self.session_limits)
+                except SessionSpent as spent:
+                    return RLMResult(None, spent.limit, {}, 0.0, None, message=str(spent))
+                result = await self._run(prompt, root_prompt, limits, session)
+                session.record(result.usage, time.monotonic() - started)
+                if result.status in notes:
+                    result.message = f"{notes[result.status]}: {result.message}"
+                return result
+
+        try:
+            return runner(session)(turn)
+        except RuntimeError:
+            if self._session is session and (session.loop.is_closed() or not session.loop.is_running()):
+                self._session = None  # its loop ended and took the box along: the next call starts afresh
+            raise
+
+    def close(self) -> None:
+        """End the session of a persistent RLM: destroy its box (no-op otherwise). The RLM stays usable:
+        the next completion starts a new session."""
+        session, self._session = self._session, None
+        if session is not None:
+            session.close_blocking()
+
+    async def aclose(self) -> None:
+        """``close`` for async code: waits for the box to be destroyed."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close_async()
+
+    def __enter__(self) -> "RLM":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> "RLM":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    @property
+    def session_usage(self) -> dict[str, ModelUsage]:
+        """What the current session's completions used, per model (empty without a session)."""
+        return dict(self._session.usage) if self._session is not None else {}
+
+    async def _run(self, prompt: Any, root_prompt: str | None, limits: Limits,
+                   session: Session | None = None) -> RLMResult:
         from rlm.loop import RLMNode
         from rlm.recursion import handlers
         from rlm.tree import RunTree, TreeConfig
 
-        if not isinstance(prompt, (str, list, dict)):
-            raise TypeError(f"the context must be a str, a list or a dict, not {type(prompt).__name__}")
-        if root_prompt is not None and not isinstance(root_prompt, str):
-            raise TypeError("root_prompt must be a str")
         started = time.monotonic()
         run_id = uuid.uuid4().hex[:12]
         root, sub, clients = self._make_clients()
-        budget = Budget(self.limits)
+        budget = Budget(limits)
         run_log = self.logger.open(run_id) if self.logger is not None else None
         tree = RunTree(
             run_id=run_id,
             config=TreeConfig(self.environment, self.environment_kwargs, self.max_depth, self.max_iterations,
-                              self.limits, self.custom_system_prompt, self.custom_tools, self.custom_sub_tools),
+                              limits, self.custom_system_prompt, self.custom_tools, self.custom_sub_tools,
+                              compaction=self.compaction, compaction_threshold_pct=self.compaction_threshold_pct),
             budget=budget, root_client=root, sub_client=sub, clients=clients, run_log=run_log,
             progress=ProgressPrinter() if self.verbose else None, on_event=self._callbacks() or None,
             handler_factory=handlers,
@@ -270,7 +369,8 @@ class RLM:
         bound.info("run_start", model=root.model_name, environment=self.environment)
         try:
             node = RLMNode(tree, rlm_id="0", depth=0, parent_id=None, client=root, context=prompt,
-                           root_prompt=root_prompt)
+                           root_prompt=root_prompt, workspace=session.workspace if session else None,
+                           conversation=session.conversation if session else None)
             outcome = await node.run()
         finally:
             tree.tool_runner.close()
@@ -293,3 +393,10 @@ class RLM:
         if run_log is not None:
             run_log.close()
         return result
+
+
+def _check_context(prompt: Any, root_prompt: Any) -> None:
+    if not isinstance(prompt, (str, list, dict)):
+        raise TypeError(f"the context must be a str, a list or a dict, not {type(prompt).__name__}")
+    if root_prompt is not None and not isinstance(root_prompt, str):
+        raise TypeError("root_prompt must be a str")
