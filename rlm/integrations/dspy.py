@@ -41,7 +41,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("rlm.integrations.dspy needs DSPy 3: pip install 'rlm-sandboxes[dspy]'") from exc
 
-from sandboxes import ExecResult, SandboxError, SandboxSpec, SyncSandbox
+from sandboxes import ExecResult, SandboxClosed, SandboxError, SandboxLost, SandboxSpec, SyncSandbox
 from rlm.integrations import dspy_kernel as kernel
 
 __all__ = ["SandboxInterpreter", "SandboxInterpreterFactory", "CodeExecutionError", "CodeInterpreterError",
@@ -197,9 +197,12 @@ class SandboxInterpreter:
             outputs = [f["name"] for f in self.output_fields] if self.output_fields else None
             manifest = {"tools": tools, "outputs": outputs, "variables": sorted(files)}
             box.put_file(kernel.MANIFEST_FILE, json.dumps(manifest).encode("utf-8"))
-        except SandboxError as exc:
+        except (SandboxLost, SandboxClosed) as exc:
             self._end(f"the sandbox was lost while sending variables: {exc}")
             raise CodeInterpreterError(self._ended) from exc
+        except SandboxError as exc:  # the box refused the write (e.g. its disk is full): it still runs
+            self._uploaded.clear()
+            raise CodeExecutionError(f"could not write the variables into the sandbox: {exc}") from exc
         if bound != self._bound:
             box.bind(self._handlers(tools))
         result = self._run_cell(kernel.PREPARE_CODE)
