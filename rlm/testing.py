@@ -393,14 +393,14 @@ class FakeLLMServer:
                 return 0, {}, {}
             if delay > 0:
                 await asyncio.sleep(delay)
+            if reply.body is not None:
+                return reply.status, reply.body, {}
             if reply.status != 200:
                 extra = {}
                 if reply.retry_after is not None:
                     extra["retry-after"] = f"{reply.retry_after:g}"
                 message = reply.error or _REASONS.get(reply.status, "error")
                 return reply.status, _error_body(api, reply.status, message), extra
-            if reply.body is not None:
-                return reply.status, reply.body, {}
             input_tokens = reply.input_tokens if reply.input_tokens is not None else estimate_tokens(request.text)
             output_tokens = reply.output_tokens if reply.output_tokens is not None else estimate_tokens(reply.text)
             return 200, _ok_body(api, request, reply.text, input_tokens, output_tokens), {}
