@@ -18,8 +18,6 @@ VARIABLES_DIR = f"{STATE_DIR}/variables"
 # Guest-call names: one handler per tool, and one for SUBMIT.
 TOOL_CALL_PREFIX = "dspy.tool."
 SUBMIT_CALL = "dspy.submit"
-# The exception that ends a cell after SUBMIT (its class name as the cell's error reports it).
-SUBMITTED_ERROR = "SandboxSubmitted"
 
 _SOURCE = r'''
 import inspect
