@@ -5,9 +5,9 @@ never kept in memory, so a run with ten thousand sub-calls has flat memory. Secr
 the run-start event carries the configuration with every key-like field removed.
 
 Events (``event`` field): ``run_start``, ``rlm_start`` (each RLM in the tree, with its parent),
-``iteration`` (the model's reply), ``cell`` (code, status, outputs, timing), ``subcall``
-(llm_query / rlm_query from kernel code, with the RLM that made it), ``retry``, ``notice``,
-``rlm_end``, ``final``. Every event has ``t`` (seconds since the run started), ``run_id``, and where
+``iteration_start``, ``iteration`` (the model's reply), ``cell`` (code, status, outputs, timing),
+``subcall`` (llm_query / rlm_query from kernel code, with the RLM that made it), ``tool_call`` (a
+custom tool), ``retry``, ``notice``, ``iteration_end``, ``rlm_end``, ``final``. Every event has ``t`` (seconds since the run started), ``run_id``, and where
 it applies ``rlm_id`` and ``depth``.
 """
 
@@ -112,6 +112,8 @@ class ProgressPrinter:
             return f"{who}:   cell {f.get('status')} in {f.get('seconds', 0):.2f} s"
         if event == "subcall" and f.get("kind") in ("rlm_query", "llm_query_batched"):
             return f"{who}:   {f.get('kind')} -> {f.get('status', 'ok')} ({f.get('seconds', 0):.2f} s)"
+        if event == "tool_call" and f.get("status") != "ok":
+            return f"{who}:   tool {f.get('name')} -> {f.get('status')} ({str(f.get('error', ''))[:80]})"
         if event == "retry":
             return f"{who}: retrying {f.get('model')} in {f.get('delay_s', 0):.1f} s ({f.get('error', '')[:80]})"
         if event == "notice":
