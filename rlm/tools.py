@@ -56,14 +56,14 @@ class Tool:
 
     @classmethod
     def of(cls, name: str, fn: Callable[..., Any], description: str | None) -> "Tool":
-        call = fn.__call__ if not inspect.isroutine(fn) and hasattr(fn, "__call__") else fn
-        is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(call)
+        # An object whose __call__ is async is an async tool too.
+        is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
         try:
             signature = str(inspect.signature(fn, eval_str=True))
-        except (TypeError, ValueError, NameError):
+        except Exception:  # annotations that do not evaluate: show them as written
             try:
                 signature = str(inspect.signature(fn))
-            except (TypeError, ValueError):
+            except (TypeError, ValueError):  # some builtins have no signature
                 signature = "(...)"
         doc = description if description is not None else inspect.getdoc(fn) or ""
         if len(doc) > DESCRIPTION_CHARS:
