@@ -123,6 +123,8 @@ class LocalSandbox(Backend):
             exited.cancel()
             if not accept.done():
                 accept.cancel()
+                # A cancelled task is cancelled only once it has run again: wait for that.
+                await asyncio.gather(accept, return_exceptions=True)
         if accept.cancelled():
             raise SandboxStartError(f"the local agent exited before connecting: {await self.diagnose()}")
         return accept.result()
