@@ -22,7 +22,8 @@ from typing import Any, Callable
 
 from sandboxes.logs import get_logger, quiet_by_default
 
-from rlm.budget import PRICES, PRICES_AS_OF, Budget, LimitExceeded, Limits, ModelUsage, Price, ToolUsage, Totals
+from rlm.budget import (PRICES, PRICES_AS_OF, Budget, LimitExceeded, Limits, ModelUsage, Price, ToolUsage,
+                         Totals, require_prices)
 from rlm.callbacks import Callbacks
 from rlm.clients import make_client
 from rlm.clients.base import ModelClient
@@ -212,8 +213,11 @@ class RLM:
         self.compaction = compaction
         self.compaction_threshold_pct = compaction_threshold_pct
         self._session: Session | None = None
-        # Fail now, not mid-run, on an unknown backend, a missing model name or a missing key.
-        self._make_clients()
+        # Fail now, not mid-run, on an unknown backend, a missing model name or a missing key, and on a
+        # dollar limit that an unpriced model would escape.
+        root, _, clients = self._make_clients()
+        require_prices({name: "the root model" if client is root else "a sub-call model (other_backends)"
+                        for name, client in clients.items()}, self.limits, self.session_limits)
 
     def _callbacks(self) -> Callbacks:
         return Callbacks(self.on_event, self.on_iteration_start, self.on_iteration_complete,

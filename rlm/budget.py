@@ -144,6 +144,33 @@ class LimitExceeded(Exception):
         self.limit = limit
 
 
+def require_prices(models: Mapping[str, str], limits: Limits, session_limits: Limits | None = None) -> None:
+    """Refuse a dollar limit that could not be enforced: with ``max_cost_usd`` set (per run or per
+    session), every model the run may call needs a price, or its spend would count as zero.
+
+    ``models`` maps each model name to what it is used for ("the root model", ...). Prices come from
+    ``limits.prices`` over ``PRICES``, as the budget reads them. Raises ValueError naming the first
+    unpriced model and how to give its price.
+    """
+    capped = [(name, cap) for name, cap in (("limits", limits.max_cost_usd),
+                                            ("session_limits", session_limits and session_limits.max_cost_usd))
+              if cap is not None]
+    if not capped:
+        return
+    table = limits.price_table()
+    unpriced = [(model, role) for model, role in models.items() if price_for(model, table) is None]
+    if not unpriced:
+        return
+    model, role = unpriced[0]
+    where, cap = capped[0]
+    others = f" (also unpriced: {', '.join(repr(m) for m, _ in unpriced[1:])})" if len(unpriced) > 1 else ""
+    raise ValueError(
+        f"{where}=Limits(max_cost_usd={cap:g}) cannot be enforced: model {model!r} ({role}) has no price in "
+        f"rlm.PRICES{others}, so its spend would count as zero. Give its price in USD per million tokens "
+        f"(input, output): limits=Limits(max_cost_usd={cap:g}, prices={{{model!r}: (0.25, 2.00)}}), "
+        "or set no dollar limit (use max_tokens / max_llm_calls instead)")
+
+
 @dataclass
 class ModelUsage:
     """What one model cost in one run tree."""

@@ -106,3 +106,31 @@ async def test_wall_clock():
     with pytest.raises(LimitExceeded) as info:
         budget.check()
     assert info.value.limit == "max_wall_s"
+
+
+def _rlm(model: str, sub_model: str | None = None, **kwargs):
+    from rlm import RLM
+
+    others = {"other_backends": ["openai"], "other_backend_kwargs": [{"model_name": sub_model, "api_key": "k"}]}
+    return RLM(backend="openai", backend_kwargs={"model_name": model, "api_key": "k"},
+               **(others if sub_model else {}), **kwargs)
+
+
+def test_a_dollar_limit_is_refused_when_the_root_model_has_no_price():
+    with pytest.raises(ValueError) as caught:
+        _rlm("my-local-llama", limits=Limits(max_cost_usd=2.0))
+    text = str(caught.value)
+    assert "'my-local-llama' (the root model)" in text
+    assert "prices={'my-local-llama': (" in text and "max_cost_usd=2" in text
+
+
+def test_a_dollar_limit_is_refused_when_a_sub_call_model_has_no_price():
+    with pytest.raises(ValueError, match=r"'my-sub' \(a sub-call model \(other_backends\)\)"):
+        _rlm("gpt-5-mini", "my-sub", limits=Limits(max_cost_usd=2.0))
+    with pytest.raises(ValueError, match=r"session_limits=Limits\(max_cost_usd=3\).*'my-sub'"):
+        _rlm("gpt-5-mini", "my-sub", persistent=True, session_limits=Limits(max_cost_usd=3.0))
+
+
+def test_a_dollar_limit_is_accepted_once_every_model_has_a_price():
+    _rlm("gpt-5-mini", "my-sub", limits=Limits(max_cost_usd=2.0, prices={"my-sub": (0.1, 0.4)}))
+    _rlm("my-local-llama", "my-sub")  # no dollar limit: unpriced models are fine (their cost is unknown)
