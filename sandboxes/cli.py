@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
                            description="Build the kernel image from images/Dockerfile. With no base image "
                            "reachable, a base is made from Debian's packages; the Python packages are "
                            "always downloaded as wheels on this host, so the build needs no network.")
-    build.add_argument("--tag", default=None, help="image name (default: rlm-sandbox-kernel:latest)")
+    build.add_argument("--tag", default=None, help="image name (default: rlm-sandbox-kernel:guest-<guest version>)")
     build.add_argument("--base-image", default=None,
                        help="base image with Python 3 (default: the Dockerfile's BASE_IMAGE, python:3.12-slim)")
     build.add_argument("--offline", action="store_true",
@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     reap.add_argument("--json", action="store_true", help="print the result as JSON")
 
     doctor = sub.add_parser("doctor", help="check the engine, runtimes, image and hardening")
-    doctor.add_argument("--image", default=None, help="kernel image to check (default: rlm-sandbox-kernel:latest)")
+    doctor.add_argument("--image", default=None, help="kernel image to check (default: rlm-sandbox-kernel:guest-<guest version>)")
     doctor.add_argument("--no-boxes", action="store_true", help="do not start boxes to check the hardening")
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
@@ -54,9 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "build-image":
             from sandboxes.backends.docker.image_build import build_image
-            from sandboxes.backends.docker.image_check import DEFAULT_IMAGE
+            from sandboxes.backends.docker.image_check import default_image
 
-            result = build_image(tag=args.tag or DEFAULT_IMAGE, base_image=args.base_image, offline=args.offline,
+            result = build_image(tag=args.tag or default_image(), base_image=args.base_image, offline=args.offline,
                                  force=args.force, log=_say)
             print(f"{result.tag} {result.image_id} (guest {result.guest_version}, base {result.base_image}"
                   f"{', reused' if result.reused else ''})")

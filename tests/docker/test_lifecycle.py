@@ -158,10 +158,10 @@ async def test_stale_image_fails_before_any_container(docker_client: Any) -> Non
     import io
 
     from sandboxes.backends.docker.engine import GUEST_VERSION_LABEL
-    from sandboxes.backends.docker.image_check import DEFAULT_IMAGE
+    from sandboxes.backends.docker.image_check import default_image
 
     tag = "rlm-sandbox-kernel:stale-test"
-    dockerfile = f"FROM {DEFAULT_IMAGE}\nLABEL {GUEST_VERSION_LABEL}=0000000000000000\n"
+    dockerfile = f"FROM {default_image()}\nLABEL {GUEST_VERSION_LABEL}=0000000000000000\n"
     docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True, network_mode="none")
     try:
         before = len(docker_client.containers.list(all=True))

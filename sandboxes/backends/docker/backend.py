@@ -31,7 +31,7 @@ import structlog
 from sandboxes.backends.base import Backend, agent_argv
 from sandboxes.backends.docker.channel_dirs import CONTAINER_PREFIX, channel_parent
 from sandboxes.backends.docker.engine import engine_client, engine_runtimes, require_runtime
-from sandboxes.backends.docker.image_check import DEFAULT_IMAGE, check_image
+from sandboxes.backends.docker.image_check import default_image, check_image
 from sandboxes.box_tags import RUN_ID_LABEL, box_tags
 from sandboxes.errors import SandboxStartError, SandboxUnavailable
 from sandboxes.spec import SandboxSpec
@@ -105,7 +105,7 @@ def container_config(spec: SandboxSpec, box_id: str, channel_dir: str) -> dict[s
     environment.setdefault("TMPDIR", "/tmp")
     environment.setdefault("LANG", "C.UTF-8")
     return {
-        "image": spec.image or DEFAULT_IMAGE,
+        "image": spec.image or default_image(),
         "command": agent_argv(BOX_PYTHON, spec, BOX_WORKDIR, f"{BOX_CHANNEL_DIR}/{SOCKET_NAME}", owns_box=True),
         "name": CONTAINER_PREFIX + box_id,
         "hostname": "sandbox",
@@ -166,7 +166,7 @@ class DockerSandbox(Backend):
     # --- start --------------------------------------------------------------------------------
 
     async def start(self) -> ByteStream:
-        image = self.spec.image or DEFAULT_IMAGE
+        image = self.spec.image or default_image()
         self._client = await _in_thread(_preflight, self.spec, image)
         self.dir = Path(tempfile.mkdtemp(prefix=f"{CONTAINER_PREFIX}{self.box_id}-", dir=channel_parent()))
         # The box's user is not the controller's: it may pass through the folder, never list it.
@@ -193,7 +193,7 @@ class DockerSandbox(Backend):
     def _start_error(self, exc: Exception) -> Exception:
         import docker.errors
 
-        image = self.spec.image or DEFAULT_IMAGE
+        image = self.spec.image or default_image()
         text = str(exc)
         if isinstance(exc, docker.errors.ImageNotFound) or "No such image" in text:
             _checked_images.pop(image, None)

@@ -174,10 +174,10 @@ def run_doctor(image: str | None = None, start_boxes: bool = True) -> Report:
     """Every check, in order; stops early only where later checks cannot run."""
     from sandboxes.backends.docker.engine import engine_client, engine_runtimes
     from sandboxes.errors import SandboxUnavailable
-    from sandboxes.backends.docker.image_check import BUILD_COMMAND, DEFAULT_IMAGE, describe_image
+    from sandboxes.backends.docker.image_check import BUILD_COMMAND, default_image, describe_image
 
     report = Report()
-    image = image or DEFAULT_IMAGE
+    image = image or default_image()
     try:
         client = engine_client()
     except SandboxUnavailable as exc:

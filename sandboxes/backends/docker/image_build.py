@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sandboxes.backends.docker.engine import BUILD_KEY_LABEL, GUEST_VERSION_LABEL, engine_client
-from sandboxes.backends.docker.image_check import BUILD_COMMAND, DEFAULT_IMAGE
+from sandboxes.backends.docker.image_check import BUILD_COMMAND, default_image
 from sandboxes.backends.guest_bundle import write_guest
 from sandboxes.backends.image_sources import ImageBuildError, default_base_image, images_dir
 from sandboxes.box_tags import LABEL_PREFIX
@@ -54,7 +54,7 @@ class BuildResult:
 
 def build_image(
     *,
-    tag: str = DEFAULT_IMAGE,
+    tag: str | None = None,
     base_image: str | None = None,
     offline: bool = False,
     force: bool = False,
@@ -65,8 +65,10 @@ def build_image(
 
     ``offline`` never asks a container registry: the base is taken from the engine when present and
     otherwise made from Debian's packages. Without it a missing base is pulled first, and made from
-    Debian's packages only when the pull fails.
+    Debian's packages only when the pull fails. ``tag`` defaults to this controller's image
+    (``image_check.default_image``).
     """
+    tag = tag or default_image()
     say = log or (lambda message: None)
     started = time.monotonic()
     client = client or engine_client()

@@ -4,14 +4,25 @@ image is present and holds this controller's guest. Building the image is ``imag
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from sandboxes.backends.docker.engine import GUEST_VERSION_LABEL
 from sandboxes.errors import SandboxUnavailable
 from sandboxes.guest.protocol import guest_version
 
-DEFAULT_IMAGE = "rlm-sandbox-kernel:latest"
+IMAGE_REPOSITORY = "rlm-sandbox-kernel"
 BUILD_COMMAND = "rlm sandbox build-image"
+
+
+@functools.cache
+def default_image() -> str:
+    """The kernel image of this controller: its tag names the guest version it must hold.
+
+    A tag per guest version, not one ``latest``, lets controllers of different versions (two
+    checkouts, an upgrade rolling out) share one engine without rebuilding each other's image.
+    """
+    return f"{IMAGE_REPOSITORY}:guest-{guest_version()}"
 
 
 def image_guest_version(client: Any, image: str) -> str | None:
@@ -29,7 +40,7 @@ def image_guest_version(client: Any, image: str) -> str | None:
 def check_image(client: Any, image: str) -> None:
     """Fail fast, before any container starts, when the image is missing or holds another guest."""
     found = image_guest_version(client, image)
-    command = BUILD_COMMAND + ("" if image == DEFAULT_IMAGE else f" --tag {image}")
+    command = BUILD_COMMAND + ("" if image == default_image() else f" --tag {image}")
     if found is None:
         raise SandboxUnavailable(
             f"the kernel image {image!r} is not present on the Docker engine: build it with `{command}`"
