@@ -59,6 +59,7 @@ class Workspace:
         self.setup_cell = ""
         self.has_history = False
         self._history = b""
+        self._paths: list[str] = []  # where each context is, in the box
         # Told to the model once the box is ready: its REPL state is gone (a new box, a new kernel).
         self.notice: str | None = None
         self._lost: str | None = None
@@ -126,15 +127,21 @@ class Workspace:
 
     async def _start(self, handlers: Mapping[str, Any], box_id: str, timings: dict[str, float]) -> Sandbox:
         mark = time.monotonic()
+        # Encode the contexts (a large JSON context takes seconds) while the box starts.
+        encoding = asyncio.ensure_future(asyncio.to_thread(lambda: [encode_context(c) for c in self.contexts]))
         try:
             box = await Sandbox.start(self.spec, handlers, box_id)
-        except SandboxError as exc:
-            raise SandboxError(f"the {self.spec.backend} sandbox could not start: {exc}") from None
+        except BaseException as exc:
+            encoding.cancel()  # the thread finishes on its own; its result is dropped
+            if isinstance(exc, SandboxError):
+                raise SandboxError(f"the {self.spec.backend} sandbox could not start: {exc}") from None
+            raise
         timings["start_s"] = _round(time.monotonic() - mark)
         try:
             mark = time.monotonic()
-            for i in range(self.count):
-                await self._upload(box, i)
+            self._paths = []
+            for index, encoded in enumerate(await encoding):
+                await self._stage(box, index, encoded)
             for name, data in self._extra_files:
                 await box.put_file(name, data)
             if self.has_history:
@@ -154,10 +161,10 @@ class Workspace:
         index = self.count - 1
         try:
             mark = time.monotonic()
-            name = await self._upload(box, index)
+            path = await self._stage(box, index, await asyncio.to_thread(encode_context, self.contexts[index]))
             timings["upload_s"] = _round(time.monotonic() - mark)
             mark = time.monotonic()
-            result = await box.execute(contexts_code([name], first=index), timeout=SETUP_TIMEOUT_S)
+            result = await box.execute(contexts_code([path], first=index), timeout=SETUP_TIMEOUT_S)
             timings["setup_s"] = _round(time.monotonic() - mark)
         except (SandboxLost, SandboxClosed) as exc:
             raise BoxGone(str(exc)) from None
@@ -172,16 +179,16 @@ class Workspace:
             raise SandboxError(f"loading context_{index} failed ({result.status}): {error_text(result)}")
         self._full_setup()
 
-    async def _upload(self, box: Sandbox, index: int) -> str:
-        is_json, data = await asyncio.to_thread(encode_context, self.contexts[index])
-        name = context_file(index, is_json)
-        await box.put_file(name, data)
-        return name
+    async def _stage(self, box: Sandbox, index: int, encoded: tuple[bool, bytes]) -> str:
+        """Hand the box context ``index`` as a read-only file (``Sandbox.stage_file``); return its path."""
+        is_json, data = encoded
+        path = await box.stage_file(context_file(index, is_json), data)
+        self._paths.append(path)
+        return path
 
     def _full_setup(self) -> str:
         """The setup cell of every context so far (and ``history``, and the tools); kept for restarts."""
-        files = [context_file(i, not isinstance(c, str)) for i, c in enumerate(self.contexts)]
-        self.setup_cell = setup_code(files, history=self.has_history) + self._extra_code
+        self.setup_cell = setup_code(self._paths, history=self.has_history) + self._extra_code
         return self.setup_cell
 
     async def _run(self, box: Sandbox, code: str, timeout: float = SETUP_TIMEOUT_S) -> None:

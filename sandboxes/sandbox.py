@@ -179,6 +179,25 @@ class Sandbox:
             err = reply.get("error") or {}
             raise SandboxError(f"could not write {path} in the box: {err.get('name')}: {err.get('value')}")
 
+    async def stage_file(self, name: str, data: bytes | bytearray | memoryview) -> str:
+        """Hand the box a read-only file called ``name``; return its path in the box.
+
+        Where the backend shares a folder with the box (local, Docker: ``Backend.shared_folder``) the
+        file is written there on the host, which costs a local write instead of a trip through the
+        channel (a 50 MB context: tens of milliseconds instead of a second or more); elsewhere it is
+        uploaded with ``put_file`` into the kernel's working folder. Either way it goes when the box goes.
+        """
+        self._check_open()
+        if not _STAGED_NAME.fullmatch(name):
+            raise ValueError(f"a staged file's name is a plain file name (letters, digits, '.', '_', '-'), not {name!r}")
+        shared = self.backend.shared_folder()
+        if shared is None:
+            await self.put_file(name, data)
+            return name
+        host_dir, box_dir = shared
+        await asyncio.to_thread(_write_readable, Path(host_dir) / f"staged-{name}", data)
+        return f"{box_dir}/staged-{name}"
+
     # --- loss, expiry and closing -------------------------------------------------------------
 
     def _check_open(self) -> None:
@@ -299,6 +318,18 @@ async def _abort_start(backend: "Backend", channel: Channel | None) -> str | Non
         return reason
 
     return await asyncio.shield(asyncio.ensure_future(teardown()))
+
+
+_STAGED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _write_readable(path: Path, data: bytes | bytearray | memoryview) -> None:
+    """Write ``path`` whole (a temporary file renamed over it), readable by the box's user."""
+    temporary = path.with_name(path.name + ".part")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+    os.chmod(temporary, 0o644)
+    os.replace(temporary, path)
 
 
 def _chunks(data: bytes | bytearray | memoryview | os.PathLike[str]):  # type: ignore[no-untyped-def]

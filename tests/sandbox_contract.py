@@ -130,6 +130,21 @@ class SandboxContract:
             r = await box.execute("print(open('small.txt', encoding='utf-8').read(), len(open('empty.txt').read()))")
             assert r.stdout == "héllo 0\n"
 
+    async def test_a_staged_file_is_readable_and_read_only_in_the_box(self) -> None:
+        data = ("héllo " * 100_000).encode("utf-8")
+        async with open_sandbox(self.make_spec()) as box:
+            path = await box.stage_file("context_0.txt", data)
+            r = await box.execute(f"blob = open({path!r}, 'rb').read()\nprint(len(blob), blob[:6].decode())")
+            assert r.stdout.split() == [str(len(data)), "héllo"]
+            again = await box.stage_file("context_0.txt", b"second")  # replaced whole
+            r = await box.execute(f"print(open({again!r}).read())")
+            assert r.stdout == "second\n"
+            with pytest.raises(ValueError):
+                await box.stage_file("../escape", b"x")
+            if box.backend.shared_folder() is not None and self.backend != "local":
+                r = await box.execute(f"open({path!r}, 'ab').write(b'x')")
+                assert r.status == "error" and "Read-only file system" in r.stdout + str(r.error)
+
     async def test_guest_calls_from_many_threads(self) -> None:
         async with open_sandbox(self.make_spec(), handlers=HANDLERS) as box:
             r = await box.execute(

@@ -60,6 +60,14 @@ class Backend(abc.ABC):
     def _emergency_destroy(self) -> None:
         """What ``emergency_destroy`` does, once; nothing by default."""
 
+    def shared_folder(self) -> tuple[str, str] | None:
+        """A folder of the host the box can read (never write), as (host path, path in the box), or None.
+
+        Where there is one (a local box's own folder, a Docker box's read-only channel mount), the
+        controller can hand the box a large file by writing it there, with no trip through the channel.
+        """
+        return None
+
     async def diagnose(self) -> str | None:
         """After the stream ended unexpectedly: why the box died, if the provider can say.
 

@@ -165,6 +165,10 @@ class LocalSandbox(Backend):
 
         kill_sweep(live)
 
+    def shared_folder(self) -> tuple[str, str] | None:
+        # A local box runs as this user on this host: its own folder is the same path on both sides.
+        return (str(self.dir), str(self.dir)) if self.dir is not None else None
+
     async def _destroy(self) -> None:
         self._kill_all()
         if self.proc is not None and self.proc.returncode is None:

@@ -295,6 +295,10 @@ class DockerSandbox(Backend):
 
     # --- destroy ------------------------------------------------------------------------------
 
+    def shared_folder(self) -> tuple[str, str] | None:
+        # The channel folder, bind-mounted read-only: the one host path the box sees.
+        return (str(self.dir), BOX_CHANNEL_DIR) if self.dir is not None else None
+
     async def _destroy(self) -> None:
         if self._create is not None and not self._create.done():
             # A create still in flight would otherwise bring the container up after we removed it.
