@@ -43,7 +43,8 @@ class RLMResult:
 
     ``status`` is ``final`` (the model gave its answer), the name of the limit that ended the run
     (``max_iterations``, ``max_depth``, ``max_llm_calls``, ``max_tool_calls``, ``max_tokens``,
-    ``max_cost_usd``, ``max_wall_s``, ``cell_timeout_s``, ``model_timeout_s``), or ``error``. When a limit
+    ``max_cost_usd``, ``max_wall_s``, ``cell_timeout_s``, ``model_timeout_s``), ``context_window`` (the
+    conversation outgrew the model's window; see ``compaction``), or ``error``. When a limit
     ended it, ``response`` is the best partial answer (or None) and ``message`` says what happened.
     ``usage`` is by model; ``tool_usage`` by custom tool.
     """

@@ -7,7 +7,9 @@ the run-start event carries the configuration with every key-like field removed.
 Events (``event`` field): ``run_start``, ``rlm_start`` (each RLM in the tree, with its parent),
 ``iteration_start``, ``iteration`` (the model's reply), ``cell`` (code, status, outputs, timing),
 ``subcall`` (llm_query / rlm_query from kernel code, with the RLM that made it), ``tool_call`` (a
-custom tool), ``retry``, ``notice``, ``iteration_end``, ``rlm_end``, ``final``. Every event has ``t`` (seconds since the run started), ``run_id``, and where
+custom tool), ``retry``, ``notice``, ``iteration_end``, ``rlm_end``, ``final``; ``sandbox_ready`` (a box
+started or reused, with its start, upload and setup times), ``sandbox_lost``, ``compaction`` (the
+conversation summarised: tokens before and after). Every event has ``t`` (seconds since the run started), ``run_id``, and where
 it applies ``rlm_id`` and ``depth``.
 """
 
@@ -116,6 +118,11 @@ class ProgressPrinter:
             return f"{who}:   tool {f.get('name')} -> {f.get('status')} ({str(f.get('error', ''))[:80]})"
         if event == "retry":
             return f"{who}: retrying {f.get('model')} in {f.get('delay_s', 0):.1f} s ({f.get('error', '')[:80]})"
+        if event == "compaction":
+            return (f"{who}: compacted the conversation (~{f.get('tokens_before')} -> ~{f.get('tokens_after')} "
+                    "tokens)")
+        if event == "sandbox_lost":
+            return f"{who}: sandbox {f.get('box_id')} lost: {str(f.get('reason', ''))[:100]}"
         if event == "notice":
             return f"{who}: {f.get('text', '')[:120]}"
         if event == "rlm_end":
