@@ -2,6 +2,7 @@
 
     rlm run --context FILE [--backend openai|anthropic] [--model M] [--sub-model M] [--base-url URL]
             [--sandbox local|docker|modal|e2b] [--max-depth N] [--max-iterations N] [--log-dir DIR] QUESTION
+    rlm view RUN.jsonl [-o PAGE.html] [--open]      one self-contained HTML page showing a run
     rlm sandbox ...        the sandbox layer's own commands (build-image, reap, ...)
 
 The answer goes to stdout; progress and the summary go to stderr, so ``rlm run ... > answer.txt``
@@ -19,6 +20,8 @@ import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+from rlm.viewer.command import add_view_parser
 
 DEFAULT_MODELS = {"openai": "gpt-5-mini", "anthropic": "claude-sonnet-4-5"}
 DEFAULT_SUB_MODELS = {"openai": "gpt-5-nano", "anthropic": "claude-haiku-4-5"}
@@ -170,7 +173,8 @@ def cmd_sandbox(argv: Sequence[str]) -> int:
 # Subcommands, each registered by a function that adds its parser and sets ``func``. `rlm batch` is
 # added by rlm/batch.py, which defines ``add_batch_parser(sub)`` in the same shape; it is picked up
 # here when present.
-PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [add_run_parser, add_sandbox_parser]
+PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [add_run_parser, add_sandbox_parser,
+                                                               add_view_parser]
 
 
 def _optional_parsers() -> list[Callable[[argparse._SubParsersAction], None]]:
