@@ -61,7 +61,8 @@ def _finite(value: Any) -> Any:
 
 
 def _models(events: list[Mapping[str, Any]]) -> set[str]:
-    return {str(e["model"]) for e in events if e.get("event") in ("rlm_start", "subcall") and e.get("model")}
+    return {str(e["model"]) for e in events
+            if isinstance(e, Mapping) and e.get("event") in ("rlm_start", "subcall") and e.get("model")}
 
 
 def page_prices(events: list[Mapping[str, Any]], live: bool) -> dict[str, list[float]]:
@@ -98,9 +99,11 @@ def build_page(events: Iterable[Mapping[str, Any]] | None = None, *, live_url: s
             drop repeats after a reconnect. The page stops listening after the ``final`` event.
         title: the document title (default: the run's question).
     """
-    items = [dict(e) for e in (events or [])]
+    # Anything else than an object is kept too: the page shows it as a malformed event.
+    items = [dict(e) if isinstance(e, Mapping) else e for e in (events or [])]
     if title is None:
-        question = next((e.get("root_prompt") for e in items if e.get("event") == "run_start"), None)
+        question = next((e.get("root_prompt") for e in items
+                         if isinstance(e, Mapping) and e.get("event") == "run_start"), None)
         title = f"RLM run: {question}" if isinstance(question, str) and question else "RLM run"
     config: dict[str, Any] = {"prices": page_prices(items, live=live_url is not None)}
     if live_url:

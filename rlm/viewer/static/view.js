@@ -258,7 +258,7 @@
     this.failedSubs = [];
     this.derivedUsage = new Map();
     this.marks = {slowCall: null, slowCell: null, costly: null};
-    this.shownMarks = {slowCall: null, slowCell: null, costly: null};
+    this.badged = new Set();
     this.failedAt = -1;
     this.failedSubAt = -1;
     this._clearSearch();
@@ -364,7 +364,7 @@
       this._usage(r.model, it.inTok, it.outTok, it.cost);
       this._considerCall(it, it.modelS, it.cost, (it.inTok || 0) + (it.outTok || 0));
     }
-    if (!this.bulk && r.bodyEl) add(r.bodyEl, this._iterView(it));
+    if (!this.bulk && r.bodyEl) r.bodyEl.insertBefore(this._iterView(it), r.endEl || null);
     return it;
   };
 
@@ -1071,19 +1071,17 @@
 
   // Badges on the slowest and costliest steps, moved when a live run finds a new one.
   RunView.prototype._drawMarks = function () {
-    var kinds = ["slowCall", "slowCell", "costly"];
-    for (var i = 0; i < kinds.length; i++) {
-      var k = kinds[i], old = this.shownMarks[k], now = this.marks[k];
-      if (old === now) continue;
-      this.shownMarks[k] = now;
-      if (old) this._drawBadges(old);
-      if (now) this._drawBadges(now);
-    }
+    var self = this, m = this.marks;
+    Array.from(this.badged).concat([m.slowCall, m.slowCell, m.costly]).forEach(function (obj) {
+      if (obj) self._drawBadges(obj);
+    });
   };
 
   RunView.prototype._drawBadges = function (obj) {
+    var m = this.marks, marked = m.slowCall === obj || m.slowCell === obj || m.costly === obj;
+    if (marked) this.badged.add(obj); else this.badged.delete(obj);
     if (!obj.badgeEl) return;
-    var e = clear(obj.badgeEl), m = this.marks;
+    var e = clear(obj.badgeEl);
     if (m.slowCall === obj) add(e, h("span", "badge slow", "slowest call"));
     if (m.slowCell === obj) add(e, h("span", "badge slow", "slowest cell"));
     if (m.costly === obj) add(e, h("span", "badge cost", "costliest call"));
