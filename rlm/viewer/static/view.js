@@ -365,6 +365,7 @@
       this._considerCall(it, it.modelS, it.cost, (it.inTok || 0) + (it.outTok || 0));
     }
     if (!this.bulk && r.bodyEl) r.bodyEl.insertBefore(this._iterView(it), r.endEl || null);
+    if (!this.bulk && r.headEl) this._drawRlmHead(r);
     return it;
   };
 
@@ -789,7 +790,7 @@
   };
 
   RunView.prototype._codeBlock = function (obj, field, code) {
-    return this._clipText(obj, field, code, "pre", 40, 4000, "code", function (pre, t) { pre.appendChild(highlightPython(t)); });
+    return this._clipText(obj, field, code, "pre", 40, 2000, "code", function (pre, t) { pre.appendChild(highlightPython(t)); });
   };
 
   // -- sub-calls: a summary line, and rows built only when the list is opened
