@@ -11,6 +11,7 @@ install:
 # CI is not set.
 test: install
 	bash .ci/setup-docker.sh
+	bash .ci/setup-browser.sh
 	$(PYTHON) -m pytest -ra
 
 demo: install
