@@ -336,7 +336,6 @@
       p.children.push(r);
       cell.children.push(r);
       if (!this.bulk && cell.kidsEl) add(cell.kidsEl, this._rlmView(r));
-      else if (!this.bulk && cell.el) this._redrawCell(cell);
     } else {
       this.run.roots.push(r);
       if (!this.bulk) add(this.treeEl, this._rlmView(r));
@@ -707,13 +706,6 @@
     cell.el = div;
     this._fillCell(cell, seg);
     return div;
-  };
-
-  RunView.prototype._redrawCell = function (cell) {
-    if (!cell.el) return;
-    clear(cell.el);
-    cell.el.className = "cell";
-    this._fillCell(cell, cell.seg);
   };
 
   RunView.prototype._fillCell = function (cell, seg) {
@@ -1128,8 +1120,7 @@
 
   RunView.prototype.expandAll = function () {
     var self = this;
-    this.rlmOrder.forEach(function (r) { if (r.el || r.parent === null) self._openRlm(r); });
-    // Children become visible as their parents open; open them in tree order.
+    // A parent comes before its children in rlmOrder, and opening it builds their elements.
     this.rlmOrder.forEach(function (r) { if (r.el) self._openRlm(r); });
     this.iters.forEach(function (it) { if (it.el) self._openIter(it); });
     this.cells.forEach(function (c) { if (c.el && c.subsEl && !c.subsOpen) self._toggleSubs(c); });
