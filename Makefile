@@ -22,6 +22,7 @@ install: $(VENV)/.installed
 # every test. Docker tests skip only when no engine answers and CI is not set.
 test: install
 	PYTHON=$(PYTHON) bash .ci/setup-docker.sh
+	bash .ci/setup-browser.sh
 	$(PYTHON) -m pytest -ra
 
 demo: install

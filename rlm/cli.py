@@ -3,6 +3,7 @@
     rlm run --context FILE [--backend openai|anthropic] [--model M] [--sub-model M] [--base-url URL]
             [--sandbox local|docker|modal|e2b] [--max-depth N] [--max-iterations N] [--log-dir DIR] QUESTION
     rlm batch TASKS.jsonl --out RESULTS.jsonl [...]   many runs, resumable (see rlm/batch)
+    rlm view RUN.jsonl [-o PAGE.html] [--open]      one self-contained HTML page showing a run
     rlm sandbox ...        the sandbox layer's own commands (build-image, reap, ...)
 
 The answer goes to stdout; progress and the summary go to stderr, so ``rlm run ... > answer.txt``
@@ -19,6 +20,7 @@ from typing import Any, Callable, Sequence
 
 from rlm.batch.command import add_batch_parser
 from rlm.run_options import add_model_options, configure_logging, read_context, rlm_from_args
+from rlm.viewer.command import add_view_parser
 
 # -- rlm run -----------------------------------------------------------------------------------------
 
@@ -83,7 +85,8 @@ def cmd_sandbox(argv: Sequence[str]) -> int:
 # -- the parser ----------------------------------------------------------------------------------------
 
 # Subcommands, each registered by a function that adds its parser and sets ``func``.
-PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [add_run_parser, add_batch_parser, add_sandbox_parser]
+PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [add_run_parser, add_batch_parser, add_view_parser,
+                                                               add_sandbox_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
