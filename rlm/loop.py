@@ -185,7 +185,7 @@ class RLMNode:
         box_id = workspace.begin(self.context, tree.handlers_for(self), emit=self._emit,
                                  deadline=tree.budget.deadline,
                                  extra_files=((TOOLS_JSON, toolbox.manifest()),) if toolbox else (),
-                                 extra_code=tools_code(TOOLS_JSON) if toolbox else "")
+                                 extra_code=tools_code(TOOLS_JSON) if toolbox else "", owner=tree.run_id)
         self.log = self.log.bind(box_id=box_id)
         tree.emit("rlm_start", rlm_id=self.rlm_id, parent=self.parent_id, depth=self.depth,
                   box_id=box_id, model=self.client.model_name, prompt=self._prompt_preview())

@@ -8,7 +8,9 @@ Events (``event`` field): ``run_start``, ``rlm_start`` (each RLM in the tree, wi
 ``iteration_start``, ``iteration`` (the model's reply), ``cell`` (code, status, outputs, timing),
 ``subcall`` (llm_query / rlm_query from kernel code, with the RLM that made it), ``tool_call`` (a
 custom tool), ``retry``, ``notice``, ``iteration_end``, ``rlm_end``, ``final``; ``sandbox_ready`` (a box
-started or reused, with its start, upload and setup times), ``sandbox_lost``, ``compaction`` (the
+started or reused, with its start, upload and setup times), ``box_queued`` and ``box_wait`` (a box start
+waited for its turn in the start queue: how many starts were ahead, how many seconds it waited),
+``sandbox_lost``, ``compaction`` (the
 conversation summarised: tokens before and after). Every event has ``t`` (seconds since the run started), ``run_id``, and where
 it applies ``rlm_id`` and ``depth``.
 """
@@ -123,6 +125,10 @@ class ProgressPrinter:
                     "tokens)")
         if event == "sandbox_lost":
             return f"{who}: sandbox {f.get('box_id')} lost: {str(f.get('reason', ''))[:100]}"
+        if event == "box_queued":
+            return f"{who}: waiting for a sandbox start slot ({f.get('ahead', 0)} starts ahead)"
+        if event == "box_wait":
+            return f"{who}: sandbox start slot after {f.get('seconds', 0):.1f} s in the queue"
         if event == "notice":
             return f"{who}: {f.get('text', '')[:120]}"
         if event == "rlm_end":

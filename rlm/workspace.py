@@ -65,6 +65,8 @@ class Workspace:
         self._lost: str | None = None
         self._extra_files: tuple[tuple[str, bytes], ...] = ()
         self._extra_code = ""
+        self._owner: str | None = None
+        self._emit: Emit = lambda event, **fields: None
         self._task: asyncio.Task[Sandbox] | None = None
 
     @property
@@ -79,16 +81,19 @@ class Workspace:
     # -- getting ready -------------------------------------------------------------------------------
 
     def begin(self, context: Any, handlers: Mapping[str, Any], *, emit: Emit, deadline: float | None,
-              extra_files: tuple[tuple[str, bytes], ...] = (), extra_code: str = "") -> str:
+              extra_files: tuple[tuple[str, bytes], ...] = (), extra_code: str = "", owner: str | None = None) -> str:
         """Add ``context`` as the next ``context_N`` and start getting the box ready in a task.
 
         Returns the id of the box the task will use (a new one unless a live box is kept), so events
         can name it before it exists. ``extra_files`` and ``extra_code`` (custom tools) are uploaded
-        and run with the setup cell of a new box.
+        and run with the setup cell of a new box. ``owner`` (the run id) is whose turn a new box's
+        start takes in the process's start queue; a start that has to wait says so with the events
+        ``box_queued`` and ``box_wait``.
         """
         if self._task is not None and not self._task.done():
             raise RuntimeError("the workspace is already getting ready")
         self.contexts.append(context)
+        self._owner, self._emit = owner, emit
         self._extra_files, self._extra_code = extra_files, extra_code
         if self._lost is not None and self.box is not None:
             self.notice = self._state_gone(self._lost)
@@ -130,13 +135,18 @@ class Workspace:
         # Encode the contexts (a large JSON context takes seconds) while the box starts.
         encoding = asyncio.ensure_future(asyncio.to_thread(lambda: [encode_context(c) for c in self.contexts]))
         try:
-            box = await Sandbox.start(self.spec, handlers, box_id)
+            box = await Sandbox.start(
+                self.spec, handlers, box_id, owner=self._owner,
+                on_queued=lambda ahead: self._emit("box_queued", box_id=box_id, ahead=ahead),
+                on_admitted=lambda waited: self._emit("box_wait", box_id=box_id, seconds=_round(waited)))
         except BaseException as exc:
             encoding.cancel()  # the thread finishes on its own; its result is dropped
             if isinstance(exc, SandboxError):
                 raise SandboxError(f"the {self.spec.backend} sandbox could not start: {exc}") from None
             raise
-        timings["start_s"] = _round(time.monotonic() - mark)
+        timings["start_s"] = _round(time.monotonic() - mark - box.start_wait_s)
+        if box.start_wait_s:
+            timings["wait_s"] = _round(box.start_wait_s)
         try:
             mark = time.monotonic()
             self._paths = []

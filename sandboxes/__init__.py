@@ -27,6 +27,8 @@ _EXPORTS = {
     "SandboxClosed": "sandboxes.errors",
     "SandboxLost": "sandboxes.errors",
     "GuestCallError": "sandboxes.errors",
+    "StartQueue": "sandboxes.admission",
+    "start_queue": "sandboxes.admission",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from sandboxes.results import ExecError, ExecResult
     from sandboxes.sandbox import Sandbox, open_sandbox
     from sandboxes.spec import SandboxSpec
+    from sandboxes.admission import StartQueue, start_queue
     from sandboxes.sync import SyncSandbox, open_sandbox_sync
 
 

@@ -117,8 +117,7 @@ class SandboxPool:
         self._closed = True
         if self._refill is not None:
             self._refill.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._refill
+            await asyncio.wait([self._refill])  # its outcome is dropped; our own cancellation is not
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -210,8 +209,9 @@ class SandboxPool:
         try:
             async with self._start_slots:
                 self._counter += 1
+                # The pool's starts take their turns in the provider's start queue as one owner.
                 box = await Sandbox.start(self.spec, box_id=f"{self.pool_id}-{self._counter}",
-                                          backend=self.backend)
+                                          backend=self.backend, owner=f"pool-{self.pool_id}")
         except BaseException as exc:
             self.last_error = exc
             if for_handout or isinstance(exc, asyncio.CancelledError):

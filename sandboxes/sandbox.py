@@ -19,7 +19,7 @@ import re
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping, Union
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Hashable, Mapping, Union
 
 import structlog
 
@@ -29,6 +29,7 @@ from sandboxes.errors import SandboxClosed, SandboxError, SandboxLost, SandboxSt
 from sandboxes.guest import protocol
 from sandboxes.results import ExecError, ExecResult
 from sandboxes.spec import SandboxSpec
+from sandboxes.admission import StartQueue, start_queue
 
 if TYPE_CHECKING:  # the core only calls a backend's methods; it never imports a backend at run time
     from sandboxes.backends.base import Backend, BackendFactory
@@ -54,6 +55,7 @@ class Sandbox:
         self.versions: dict[str, Any] = ready.get("versions", {})
         self.workdir: str = str(self.versions.get("workdir", ""))
         self.started_at = time.monotonic()
+        self.start_wait_s = 0.0  # seconds the start waited for its turn in the start queue
         self._exec_lock = asyncio.Lock()
         self._closing: asyncio.Future[None] | None = None
         self._loss: tuple[str, str] | None = None  # (status, reason)
@@ -69,35 +71,49 @@ class Sandbox:
 
     @classmethod
     async def start(cls, spec: SandboxSpec | None = None, handlers: Mapping[str, Handler] | None = None,
-                    box_id: str | None = None, *, backend: "BackendArg" = None) -> "Sandbox":
-        """Create the box, start its agent and wait for ``ready``, all within startup_timeout_s.
+                    box_id: str | None = None, *, backend: "BackendArg" = None, owner: Hashable | None = None,
+                    on_queued: Callable[[int], None] | None = None,
+                    on_admitted: Callable[[float], None] | None = None,
+                    queue: StartQueue | None = None) -> "Sandbox":
+        """Wait for a turn in the provider's start queue, then create the box, start its agent and wait
+        for ``ready``, all within startup_timeout_s of the turn.
 
         ``backend``: a Backend instance (used for this one box; its spec is the default), or a factory
         ``(spec, box_id) -> Backend``; by default the backend ``spec.backend`` names.
+        ``owner`` (e.g. a run id) is whose turn the start takes in the queue (see
+        ``sandboxes.admission``); ``on_queued(ahead)`` is called if the start has to wait, and
+        ``on_admitted(seconds_waited)`` when its turn comes after a wait. ``queue`` replaces the
+        process-wide queue of the provider.
         """
         backend = make_backend(spec, box_id, backend)
         spec = backend.spec
-        cleanup.register(backend)
-        channel: Channel | None = None
-        try:
-            async with asyncio.timeout(spec.startup_timeout_s):
-                stream = await backend.start()
-                channel = Channel(stream, handlers=handlers, max_concurrent_calls=spec.max_concurrent_calls,
-                                  max_pending_calls=spec.max_pending_calls, box_id=backend.box_id)
-                channel.start()
-                ready = await channel.ready(spec.startup_timeout_s)
-            _check_versions(ready)
-        except BaseException as exc:
-            reason = await _abort_start(backend, channel)
-            if isinstance(exc, TimeoutError):
-                raise SandboxStartError(
-                    f"the {backend.name} sandbox did not become ready within {spec.startup_timeout_s:g} s"
-                    + (f": {reason}" if reason else "")) from None
-            if isinstance(exc, SandboxLost):
-                raise SandboxStartError(f"the {backend.name} sandbox died while starting: "
-                                        f"{reason or exc}") from None
-            raise
-        return cls(spec, backend, channel, ready)
+        queue = queue or start_queue(backend.name)
+        async with queue.slot(owner, on_queued) as waited:
+            if waited and on_admitted is not None:
+                on_admitted(waited)
+            cleanup.register(backend)
+            channel: Channel | None = None
+            try:
+                async with asyncio.timeout(spec.startup_timeout_s):
+                    stream = await backend.start()
+                    channel = Channel(stream, handlers=handlers, max_concurrent_calls=spec.max_concurrent_calls,
+                                      max_pending_calls=spec.max_pending_calls, box_id=backend.box_id)
+                    channel.start()
+                    ready = await channel.ready(spec.startup_timeout_s)
+                _check_versions(ready)
+            except BaseException as exc:
+                reason = await _abort_start(backend, channel)
+                if isinstance(exc, TimeoutError):
+                    raise SandboxStartError(
+                        f"the {backend.name} sandbox did not become ready within {spec.startup_timeout_s:g} s"
+                        + (f": {reason}" if reason else "")) from None
+                if isinstance(exc, SandboxLost):
+                    raise SandboxStartError(f"the {backend.name} sandbox died while starting: "
+                                            f"{reason or exc}") from None
+                raise
+        box = cls(spec, backend, channel, ready)
+        box.start_wait_s = waited
+        return box
 
     def bind(self, handlers: Mapping[str, Handler]) -> None:
         """Attach the guest-call handlers (e.g. when a pool hands a started box to a run)."""
@@ -266,11 +282,13 @@ class Sandbox:
 
 @contextlib.asynccontextmanager
 async def open_sandbox(spec: SandboxSpec | None = None, handlers: Mapping[str, Handler] | None = None, *,
-                       box_id: str | None = None, backend: "BackendArg" = None) -> AsyncIterator[Sandbox]:
+                       box_id: str | None = None, backend: "BackendArg" = None, owner: Hashable | None = None,
+                       queue: StartQueue | None = None) -> AsyncIterator[Sandbox]:
     """Open a sandbox for the duration of a block; it is destroyed on exit, error or cancellation.
 
-    ``backend`` replaces the backend ``spec.backend`` names (see ``Sandbox.start``)."""
-    box = await Sandbox.start(spec, handlers, box_id, backend=backend)
+    ``backend`` replaces the backend ``spec.backend`` names; ``owner`` and ``queue`` are the start
+    queue's (see ``Sandbox.start``)."""
+    box = await Sandbox.start(spec, handlers, box_id, backend=backend, owner=owner, queue=queue)
     try:
         yield box
     finally:
