@@ -165,7 +165,7 @@ class SandboxContract:
                 await box.stage_file("../escape", b"x")
             if box.backend.shared_folder() is not None and self.backend != "local":
                 r = await box.execute(f"open({path!r}, 'ab').write(b'x')")
-                assert r.status == "error" and "Read-only file system" in r.stdout + str(r.error)
+                assert r.status == "error" and r.error.name in ("PermissionError", "OSError"), r.error
 
     async def test_guest_calls_from_many_threads(self) -> None:
         async with open_sandbox(self.make_spec(), handlers=HANDLERS) as box:
