@@ -84,6 +84,9 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--cell-timeout-s", type=float, default=120.0)
     run.add_argument("--quiet", action="store_true", help="no progress on stderr")
     run.add_argument("--verbose", action="store_true", help="operational logs on stderr too")
+    run.add_argument("--server", metavar="URL", help="run on an `rlm serve` service instead of locally")
+    run.add_argument("--api-key-env", default="RLM_SERVICE_KEY", metavar="NAME",
+                     help="environment variable holding the service's API key (default: RLM_SERVICE_KEY)")
     run.set_defaults(func=cmd_run)
 
 
@@ -121,6 +124,10 @@ def rlm_from_args(args: argparse.Namespace, *, verbose: bool = False) -> Any:
 def cmd_run(args: argparse.Namespace) -> int:
     configure_logging(args.verbose)
     context = read_context(args.context)
+    if getattr(args, "server", None):
+        from rlm.client import run_on_server
+
+        return run_on_server(args, context)
     try:
         rlm = rlm_from_args(args, verbose=not args.quiet)
     except ValueError as exc:
@@ -170,7 +177,17 @@ def cmd_sandbox(argv: Sequence[str]) -> int:
 # Subcommands, each registered by a function that adds its parser and sets ``func``. `rlm batch` is
 # added by rlm/batch.py, which defines ``add_batch_parser(sub)`` in the same shape; it is picked up
 # here when present.
-PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [add_run_parser, add_sandbox_parser]
+def add_service_parsers(sub: argparse._SubParsersAction) -> None:
+    """`rlm serve` and `rlm tenants` (the service, rlm/service/)."""
+    from rlm.service.server import add_serve_parser
+    from rlm.service.tenants_cli import add_tenants_parser
+
+    add_serve_parser(sub)
+    add_tenants_parser(sub)
+
+
+PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [add_run_parser, add_sandbox_parser,
+                                                                add_service_parsers]
 
 
 def _optional_parsers() -> list[Callable[[argparse._SubParsersAction], None]]:

@@ -6,7 +6,8 @@ the run-start event carries the configuration with every key-like field removed.
 
 Events (``event`` field): ``run_start``, ``rlm_start`` (each RLM in the tree, with its parent),
 ``iteration`` (the model's reply), ``cell`` (code, status, outputs, timing), ``subcall``
-(llm_query / rlm_query from kernel code, with the RLM that made it), ``retry``, ``notice``,
+(llm_query / rlm_query from kernel code, with the RLM that made it), ``model_call`` (each settled
+model call: model, tokens, cost, seconds), ``retry``, ``notice``,
 ``rlm_end``, ``final``. Every event has ``t`` (seconds since the run started), ``run_id``, and where
 it applies ``rlm_id`` and ``depth``.
 """
