@@ -140,7 +140,7 @@ def create_app(config: Config, *, database_url: str | None = None) -> FastAPI:
             await store.close()
             log.info("service_stopped")
 
-    app = FastAPI(title="rlm serve", version="1", lifespan=lifespan,
+    app = FastAPI(title="rlm serve", version="1", lifespan=lifespan, redirect_slashes=False,
                   description="Recursive Language Model runs for many tenants, in secure sandboxes.")
     app.add_middleware(BodyLimits, max_bytes=server.max_request_bytes, timeout_s=server.body_timeout_s,
                        overrides={"/v1/contexts": server.max_upload_bytes})

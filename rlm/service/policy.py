@@ -115,14 +115,16 @@ class RunSettings:
         return 1 + max(self.max_depth - 1, 0) * max_concurrent_children
 
 
-def _cap(name: str, asked: Any, allowed: Any, default: Any = None) -> Any:
-    """``asked`` if within ``allowed`` (None: unlimited), else PolicyViolation; unasked: the default."""
+def _cap(name: str, asked: Any, policy: Policy, field: str, default: Any = None) -> Any:
+    """``asked`` if within the policy's ``field`` (None: unlimited), else PolicyViolation naming that
+    field; when not asked: the policy's value, or ``default`` if smaller."""
+    allowed = getattr(policy, field)
     if asked is None:
         if default is None:
             return allowed
         return default if allowed is None else min(default, allowed)
     if allowed is not None and asked > allowed:
-        raise PolicyViolation(name, f"{name}={asked} is above this tenant's policy limit of {allowed}")
+        raise PolicyViolation(field, f"{name}={asked} is above this tenant's policy limit {field}={allowed}")
     return asked
 
 
@@ -182,14 +184,14 @@ def resolve(policy: Policy, request: dict[str, Any], *, models: list[str], defau
         sub_model=sub_model,
         backend=backend,
         runtime=runtime,
-        memory_mb=_cap("memory_mb", sandbox.get("memory_mb"), policy.max_memory_mb, 1024),
-        cpus=_cap("cpus", sandbox.get("cpus"), policy.max_cpus, 1.0),
-        cell_timeout_s=_cap("cell_timeout_s", limits.get("cell_timeout_s"), policy.max_cell_timeout_s),
-        max_depth=_cap("max_depth", limits.get("max_depth"), policy.max_depth, 1),
-        max_iterations=_cap("max_iterations", limits.get("max_iterations"), policy.max_iterations),
-        max_wall_s=_cap("max_wall_s", limits.get("max_wall_s"), policy.max_wall_s),
-        max_llm_calls=_cap("max_llm_calls", limits.get("max_llm_calls"), policy.max_llm_calls),
-        max_tokens=_cap("max_tokens", limits.get("max_tokens"), policy.max_tokens),
-        max_cost_usd=_cap("max_cost_usd", limits.get("max_cost_usd"), policy.max_cost_usd),
+        memory_mb=_cap("memory_mb", sandbox.get("memory_mb"), policy, "max_memory_mb", 1024),
+        cpus=_cap("cpus", sandbox.get("cpus"), policy, "max_cpus", 1.0),
+        cell_timeout_s=_cap("cell_timeout_s", limits.get("cell_timeout_s"), policy, "max_cell_timeout_s"),
+        max_depth=_cap("max_depth", limits.get("max_depth"), policy, "max_depth", 1),
+        max_iterations=_cap("max_iterations", limits.get("max_iterations"), policy, "max_iterations"),
+        max_wall_s=_cap("max_wall_s", limits.get("max_wall_s"), policy, "max_wall_s"),
+        max_llm_calls=_cap("max_llm_calls", limits.get("max_llm_calls"), policy, "max_llm_calls"),
+        max_tokens=_cap("max_tokens", limits.get("max_tokens"), policy, "max_tokens"),
+        max_cost_usd=_cap("max_cost_usd", limits.get("max_cost_usd"), policy, "max_cost_usd"),
         tools=asked_tools,
     )

@@ -1,9 +1,10 @@
 """The fair queue: which queued run starts next.
 
 Limits nest: a global cap on running runs and on sandboxes (each run counts its worst case of boxes
-open at once), and inside it a cap per tenant. Tenants are served in turn (round robin), each
-tenant's runs in arrival order, so a tenant with a thousand queued runs delays another tenant's
-first run by at most one run's start: the other tenant is next in line as soon as any slot frees.
+open at once), and inside it a cap per tenant. Tenants are served in turn (whoever was served
+least recently goes next; a tenant new to the queue first), each tenant's runs in arrival order, so
+a tenant with a thousand queued runs does not delay another tenant's first run past the next free
+slot.
 
 The scheduler is plain in-memory bookkeeping; starting a run is a callback, and the owner reports
 back with ``finished`` (the store keeps the durable truth, see ``runs.RunManager``).
@@ -12,6 +13,7 @@ back with ``finished`` (the store keeps the durable truth, see ``runs.RunManager
 from __future__ import annotations
 
 import collections
+import itertools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -29,8 +31,10 @@ class FairScheduler:
         self.max_boxes = max_boxes
         self._start = start
         self._queues: dict[str, collections.deque[Job]] = {}
-        # Tenants with queued runs, in the order they will be served.
-        self._turns: collections.deque[str] = collections.deque()
+        # Tenants with queued runs, and when each was last served (a counter).
+        self._turns: set[str] = set()
+        self._served: dict[str, int] = {}
+        self._clock = itertools.count()
         self._limits: dict[str, int] = {}
         self._running: dict[str, int] = collections.defaultdict(int)
         self._jobs: dict[str, Job] = {}  # running
@@ -65,8 +69,7 @@ class FairScheduler:
 
     def enqueue(self, job: Job) -> None:
         queue = self._queues.setdefault(job.tenant_id, collections.deque())
-        if not queue and job.tenant_id not in self._turns:
-            self._turns.append(job.tenant_id)
+        self._turns.add(job.tenant_id)
         queue.append(job)
         self.dispatch()
 
@@ -92,18 +95,13 @@ class FairScheduler:
 
     def _forget(self, tenant_id: str) -> None:
         self._queues.pop(tenant_id, None)
-        try:
-            self._turns.remove(tenant_id)
-        except ValueError:
-            pass
+        self._turns.discard(tenant_id)
 
     def dispatch(self) -> None:
-        """Start queued runs while slots allow, one per tenant per turn."""
+        """Start queued runs while slots allow: each time, the tenant served least recently among
+        those that may start one (a tenant new to the queue goes first)."""
         while not self.paused and len(self._jobs) < self.max_running and self._turns:
-            started = False
-            for _ in range(len(self._turns)):
-                tenant_id = self._turns[0]
-                self._turns.rotate(-1)  # this tenant goes to the back of the line whatever happens
+            for tenant_id in sorted(self._turns, key=lambda t: self._served.get(t, -1)):
                 queue = self._queues[tenant_id]
                 job = queue[0]
                 if self._running[tenant_id] >= self._limits.get(tenant_id, 1):
@@ -113,11 +111,11 @@ class FairScheduler:
                 queue.popleft()
                 if not queue:
                     self._forget(tenant_id)
+                self._served[tenant_id] = next(self._clock)
                 self._jobs[job.run_id] = job
                 self._running[tenant_id] += 1
                 self.boxes_in_use += job.box_slots
-                started = True
                 self._start(job)
                 break
-            if not started:
+            else:
                 return
