@@ -32,8 +32,12 @@ class BodyLimits:
         received = 0
         declared = _content_length(scope)
 
+        body_done = False
+
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, body_done
+            if body_done:  # later calls wait for the client to disconnect (streaming responses): no deadline
+                return await receive()
             if declared is not None and declared > cap:
                 raise HTTPException(413, f"the request body is larger than this server accepts ({cap:,} bytes)")
             remaining = deadline - time.monotonic()
@@ -46,6 +50,9 @@ class BodyLimits:
                 received += len(message.get("body", b""))
                 if received > cap:
                     raise HTTPException(413, f"the request body is larger than this server accepts ({cap:,} bytes)")
+                body_done = not message.get("more_body", False)
+            else:
+                body_done = True
             return message
 
         await self.app(scope, limited_receive, send)

@@ -6,6 +6,7 @@ The scripted root model reads directives from the question:
   [sleep]     the first cell sleeps for ten minutes (a run that is provably busy in its box)
   [subcall]   the first cell makes an llm_query (a second model, counted in usage)
   [spin]      every reply is a cell that prints and never a final answer (runs until a limit)
+  [heavy]     like [spin], each call reporting 10,000 input tokens
 otherwise the first cell prints ``LEN <len(context)>`` and the second reply is ``FINAL(len=<that>)``,
 so a final answer proves the context reached the box.
 """
@@ -39,7 +40,9 @@ def root_policy(request: FakeRequest) -> Reply | str:
     if not is_rlm_root(request):
         return Reply(text=f"sub-answer to: {request.last_user[:40]}", input_tokens=50, output_tokens=10)
     if "[spin]" in question:
-        return Reply(text="```repl\nprint('still going')\n```", input_tokens=200, output_tokens=20)
+        return Reply(text="```repl\nprint('still going')\n```", input_tokens=1000, output_tokens=20)
+    if "[heavy]" in question:  # reports far more input than it was sent (a provider the estimate cannot bound)
+        return Reply(text="```repl\nprint('still going')\n```", input_tokens=10_000, output_tokens=20)
     if request.turn == 0:
         if "[sleep]" in question:
             code = "import time\ntime.sleep(600)"
@@ -210,12 +213,21 @@ def service(tmp_path_factory: pytest.TempPathFactory, fake_llm: FakeLLMServer) -
 
 
 @pytest.fixture
-def fresh_service(tmp_path: Path, fake_llm: FakeLLMServer) -> Iterator[Service]:
-    """A server of the test's own, for tests that stop or kill it."""
-    svc = Service(tmp_path, fake_llm)
-    yield svc
-    if svc.proc is not None and svc.proc.poll() is None:
-        svc.stop(signal.SIGKILL)
+def make_service(tmp_path: Path, fake_llm: FakeLLMServer) -> Iterator[Any]:
+    """Servers of the test's own (for tests that stop or kill them, or need other settings):
+    ``make_service(backends=..., server_settings=...)`` returns a Service, not yet started."""
+    made: list[Service] = []
+
+    def make(**kwargs: Any) -> Service:
+        folder = tmp_path / f"svc{len(made)}"
+        folder.mkdir()
+        made.append(Service(folder, fake_llm, **kwargs))
+        return made[-1]
+
+    yield make
+    for svc in made:
+        if svc.proc is not None and svc.proc.poll() is None:
+            svc.stop(signal.SIGKILL)
 
 
 def submit(client: httpx.Client, prompt: str = "How long is it?", context: Any = "hello world", **body: Any) -> dict[str, Any]:
