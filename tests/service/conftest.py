@@ -82,7 +82,9 @@ class Service:
     """One `rlm serve` process and the command line to manage its tenants."""
 
     def __init__(self, workdir: Path, fake: FakeLLMServer, *, backends: tuple[str, ...] = ("local",),
-                 server_settings: dict[str, Any] | None = None, extra_toml: str = "") -> None:
+                 server_settings: dict[str, Any] | None = None, extra_toml: str = "",
+                 env: dict[str, str] | None = None) -> None:
+        self.env = env or {}
         self.workdir = workdir
         self.db_url = f"sqlite:///{workdir / 'service.db'}"
         self.port = free_port()
@@ -105,9 +107,10 @@ class Service:
 
     # -- the process ---------------------------------------------------------------------------
 
-    def start(self) -> "Service":
+    def start(self, ready_path: str = "/readyz") -> "Service":
         log = open(self.log_path, "ab")
         env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+        env.update(self.env)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "rlm.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
              "--config", str(self.config_path), "--db", self.db_url],
@@ -118,7 +121,7 @@ class Service:
             if self.proc.poll() is not None:
                 raise AssertionError(f"rlm serve exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}{ready_path}", timeout=2).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass
