@@ -2,8 +2,8 @@
 
 Each event goes out with ``id:`` set to its number in the run, so a client that lost its connection
 sends ``Last-Event-ID`` and gets exactly what it missed. Readers wait on the hub (woken when the
-run's events are written) and also poll the store every second, so a stream served by one server
-follows a run executed by another on the same database.
+run's events are written), and look at the store every few seconds anyway. Store reads are shielded:
+a client that disconnects mid-read must not cancel a query and cost the pool its connection.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from rlm.service.models import ACTIVE_STATUSES
 from rlm.service.store import Store
 
 KEEPALIVE_S = 15.0
-POLL_S = 1.0
+POLL_S = 5.0
 
 
 class EventHub:
@@ -49,17 +49,17 @@ async def run_events(store: Store, hub: EventHub, tenant_id: str, run_id: str, l
     quiet_since = time.monotonic()
     while not stopping():
         waiter = hub.waiter(run_id)  # taken before reading, so a write after the read wakes us
-        rows = await store.events_after(tenant_id, run_id, last_id)
+        rows = await asyncio.shield(store.events_after(tenant_id, run_id, last_id))
         for row in rows:
             last_id = row.seq
             yield format_event(row.seq, row.event, row.data)
         if rows:
             quiet_since = time.monotonic()
             continue
-        status = await run_status()
+        status = await asyncio.shield(run_status())
         if status is None or status not in ACTIVE_STATUSES:
             # Over: one more read catches events written between the two reads above.
-            for row in await store.events_after(tenant_id, run_id, last_id):
+            for row in await asyncio.shield(store.events_after(tenant_id, run_id, last_id)):
                 yield format_event(row.seq, row.event, row.data)
             return
         try:
