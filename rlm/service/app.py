@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import json
 import os
 import re
 import time
@@ -366,8 +367,6 @@ def create_app(config: Config, *, database_url: str | None = None) -> FastAPI:
 
 
 def _check_json(path: Path) -> None:
-    import json
-
     try:
         with open(path, "rb") as f:
             value = json.load(f)

@@ -8,7 +8,6 @@ restarts into a consistent state: ``recover`` marks the runs it finds running as
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
 from typing import Any
 
