@@ -31,8 +31,8 @@ class FairScheduler:
         self.max_boxes = max_boxes
         self._start = start
         self._queues: dict[str, collections.deque[Job]] = {}
-        # Tenants with queued runs, and when each was last served (a counter).
-        self._turns: set[str] = set()
+        # Tenants with queued runs (and when each joined the line), and when each was last served.
+        self._turns: dict[str, int] = {}
         self._served: dict[str, int] = {}
         self._clock = itertools.count()
         self._limits: dict[str, int] = {}
@@ -69,7 +69,7 @@ class FairScheduler:
 
     def enqueue(self, job: Job) -> None:
         queue = self._queues.setdefault(job.tenant_id, collections.deque())
-        self._turns.add(job.tenant_id)
+        self._turns.setdefault(job.tenant_id, next(self._clock))
         queue.append(job)
         self.dispatch()
 
@@ -95,13 +95,13 @@ class FairScheduler:
 
     def _forget(self, tenant_id: str) -> None:
         self._queues.pop(tenant_id, None)
-        self._turns.discard(tenant_id)
+        self._turns.pop(tenant_id, None)
 
     def dispatch(self) -> None:
         """Start queued runs while slots allow: each time, the tenant served least recently among
         those that may start one (a tenant new to the queue goes first)."""
         while not self.paused and len(self._jobs) < self.max_running and self._turns:
-            for tenant_id in sorted(self._turns, key=lambda t: self._served.get(t, -1)):
+            for tenant_id in sorted(self._turns, key=lambda t: (self._served.get(t, -1), self._turns[t])):
                 queue = self._queues[tenant_id]
                 job = queue[0]
                 if self._running[tenant_id] >= self._limits.get(tenant_id, 1):
