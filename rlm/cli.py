@@ -2,6 +2,9 @@
 
     rlm run --context FILE [--backend openai|anthropic] [--model M] [--sub-model M] [--base-url URL]
             [--sandbox local|docker|modal|e2b] [--max-depth N] [--max-iterations N] [--log-dir DIR] QUESTION
+    rlm run --server URL ...   the same on an `rlm serve` service (key from RLM_SERVICE_KEY)
+    rlm serve [--host H --port P --db URL --config FILE]   the multi-tenant service
+    rlm tenants add|list|set|disable|enable|rotate-key ...  its tenants and keys
     rlm sandbox ...        the sandbox layer's own commands (build-image, reap, ...)
 
 The answer goes to stdout; progress and the summary go to stderr, so ``rlm run ... > answer.txt``
