@@ -14,6 +14,7 @@ from typing import Any
 
 from rlm.budget import LimitExceeded
 from rlm.clients.base import ModelCallError, ModelClient, ModelTimeoutError
+from rlm.fanout import fan_out
 from rlm.loop import NodeOutcome, RLMNode
 from rlm.tools import ToolFailed
 from rlm.tree import Handlers, RunTree
@@ -103,21 +104,25 @@ class SubCalls:
         prompts_ = self._prompts(p.get("prompts"))
         client = self.tree.pick_client(p.get("model"))
         results: list[Any] = [None] * len(prompts_)
-        indices = iter(range(len(prompts_)))
 
-        async def worker() -> None:
-            # A fixed set of workers pulls indices: no task per prompt, so 10,000 prompts cost 64 tasks.
-            for i in indices:
-                try:
-                    results[i] = await self._llm(prompts_[i], client, "llm_query", index=i)
-                except LimitExceeded as exc:
-                    results[i] = {"error": f"limit reached ({exc.limit}): {exc}"}
-                except ModelCallError as exc:
-                    results[i] = {"error": str(exc)}
+        async def one(i: int) -> None:
+            if self.tree.budget.tripped is not None:
+                results[i] = self._ended()
+                return
+            try:
+                results[i] = await self._llm(prompts_[i], client, "llm_query", index=i)
+            except LimitExceeded as exc:
+                results[i] = {"error": f"limit reached ({exc.limit}): {exc}"}
+            except ModelCallError as exc:
+                results[i] = {"error": str(exc)}
 
-        workers = min(len(prompts_), self.tree.limits.max_concurrency)
-        await asyncio.gather(*(worker() for _ in range(workers)))
+        await fan_out(len(prompts_), self.tree.limits.max_concurrency, one)
         return results
+
+    def _ended(self) -> dict[str, str]:
+        """The answer of a batch item reached after the run hit a limit: no call, no event, a short error
+        (tens of thousands of them must still fit in one reply)."""
+        return {"error": f"limit reached ({self.tree.budget.tripped}); the run is ending"}
 
     # -- rlm_query ---------------------------------------------------------------------------------
 
@@ -125,12 +130,15 @@ class SubCalls:
         node, tree = self.node, self.tree
         depth = node.depth + 1
         child_context, root_prompt = (prompt, None) if context is None else (context, prompt)
-        child = RLMNode(tree, rlm_id=tree.next_child_id(node.rlm_id), depth=depth, parent_id=node.rlm_id,
-                        client=tree.sub_client, context=child_context, root_prompt=root_prompt)
+
+        def child() -> RLMNode:  # made once a slot is held: nothing per child exists while it waits
+            return RLMNode(tree, rlm_id=tree.next_child_id(node.rlm_id), depth=depth, parent_id=node.rlm_id,
+                           client=tree.sub_client, context=child_context, root_prompt=root_prompt)
+
         if depth >= tree.config.max_depth:
-            return await child.run()  # a plain model call; needs no sandbox slot
+            return await child().run()  # a plain model call; needs no sandbox slot
         async with tree.child_slots(depth):
-            return await child.run()
+            return await child().run()
 
     @staticmethod
     def _answer_of(outcome: NodeOutcome) -> str:
@@ -155,14 +163,25 @@ class SubCalls:
         if contexts is not None and (not isinstance(contexts, list) or len(contexts) != len(prompts_)):
             raise ValueError("contexts must be a list with one item per prompt")
 
-        async def one(i: int) -> Any:
+        results: list[Any] = [None] * len(prompts_)
+
+        async def one(i: int) -> None:
+            if self.tree.budget.tripped is not None:
+                results[i] = self._ended()
+                return
             try:
                 outcome = await self._child(prompts_[i], contexts[i] if contexts is not None else None)
-                return self._answer_of(outcome)
+                results[i] = self._answer_of(outcome)
             except (RuntimeError, LimitExceeded, ModelCallError) as exc:
-                return {"error": str(exc)}
+                results[i] = {"error": str(exc)}
 
-        return list(await asyncio.gather(*(one(i) for i in range(len(prompts_)))))
+        # As many workers as children can run at once: sandboxed children hold a child slot each, plain
+        # calls at max_depth a model slot each; a worker more would only wait.
+        tree = self.tree
+        plain = self.node.depth + 1 >= tree.config.max_depth
+        workers = tree.limits.max_concurrency if plain else tree.limits.max_concurrent_children
+        await fan_out(len(prompts_), workers, one)
+        return results
 
     # -- custom tools ------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from sandboxes import SandboxSpec, open_sandbox
-from sandboxes.errors import SandboxLost
+from sandboxes.errors import SandboxError, SandboxLost
 
 MB = 1024 * 1024
 
@@ -129,6 +129,28 @@ class SandboxContract:
             await box.put_file("empty.txt", b"")
             r = await box.execute("print(open('small.txt', encoding='utf-8').read(), len(open('empty.txt').read()))")
             assert r.stdout == "héllo 0\n"
+
+    async def test_put_file_writes_only_inside_the_working_folder(self) -> None:
+        async with open_sandbox(self.make_spec()) as box:
+            for outside in ("../escape.txt", "a/../../escape.txt", "/etc/escape.txt", "/tmp/escape.txt", ".."):
+                with pytest.raises(ValueError, match="working folder"):
+                    await box.put_file(outside, b"x")
+            await box.put_file(f"{box.workdir}/absolute.txt", b"inside")  # absolute, but inside: fine
+            # Kernel code plants symbolic links to a folder outside: as the file, and as a folder on the way.
+            r = await box.execute(
+                "import os, tempfile\n"
+                "outside = tempfile.mkdtemp()\n"
+                "os.symlink(os.path.join(outside, 'target.txt'), 'link.txt')\n"
+                "os.symlink(outside, 'linked')\n"
+                "print(open('absolute.txt').read())\n")
+            assert r.status == "ok" and r.stdout == "inside\n", r
+            for planted in ("link.txt", "linked/f.txt"):
+                with pytest.raises(SandboxError, match="could not write"):
+                    await box.put_file(planted, b"redirected")
+            r = await box.execute("print(os.listdir(outside), os.path.islink('link.txt'))")
+            assert r.stdout == "[] True\n", r
+            await box.put_file("sub/dir/ok.txt", b"fine")  # folders on the way are made
+            assert (await box.execute("print(open('sub/dir/ok.txt').read())")).stdout == "fine\n"
 
     async def test_a_staged_file_is_readable_and_read_only_in_the_box(self) -> None:
         data = ("héllo " * 100_000).encode("utf-8")

@@ -10,6 +10,7 @@ import json
 import typing
 from typing import Any
 
+from sandboxes.results import Diagnosis
 from sandboxes.spec import SandboxSpec
 from sandboxes.transport import ByteStream
 
@@ -68,11 +69,12 @@ class Backend(abc.ABC):
         """
         return None
 
-    async def diagnose(self) -> str | None:
+    async def diagnose(self) -> Diagnosis | None:
         """After the stream ended unexpectedly: why the box died, if the provider can say.
 
-        Return e.g. "the box ran out of memory (limit 1024 MB)" or None when unknown. A text saying
-        "out of memory" or "OOM" makes the lost cell's status ``oom``.
+        Return e.g. ``Diagnosis("oom", "the box ran out of memory (limit 1024 MB)")``, or None when
+        unknown. The kind comes from what the provider reports (an OOM flag, an exit code or signal, its
+        state), never from the box's own output: a box must not be able to choose its status.
         """
         return None
 
@@ -82,26 +84,31 @@ class Backend(abc.ABC):
 BackendFactory = typing.Callable[[SandboxSpec, str], Backend]
 
 
-def agent_config(spec: SandboxSpec, workdir: str, owns_box: bool = False) -> dict[str, Any]:
+def agent_config(spec: SandboxSpec, workdir: str, owns_box: bool = False, *,
+                 rlimits: dict[str, int] | None = None) -> dict[str, Any]:
     """The settings the agent needs, passed to it as one JSON argument."""
-    return {
+    config: dict[str, Any] = {
         "workdir": workdir,
         "output_limit": spec.output_limit_bytes,
         "kill_grace": spec.kill_grace_s,
         "memory_mb": spec.memory_mb,
         "owns_box": owns_box,
     }
+    if rlimits:
+        config["rlimits"] = rlimits
+    return config
 
 
 def agent_argv(python: str, spec: SandboxSpec, workdir: str, connect: str | None,
-               owns_box: bool = False) -> list[str]:
+               owns_box: bool = False, *, rlimits: dict[str, int] | None = None) -> list[str]:
     """The agent's command line. ``connect`` is a Unix socket path, or None to speak on stdin/stdout.
 
     ``owns_box``: the box holds nothing but the agent and what it starts (a container), so the agent
     may kill every other process in it when it restarts the kernel. Never for the local backend.
+    ``rlimits``: limits (``{"AS": bytes, ...}``) the agent sets on itself before it starts the kernel.
     """
     argv = [python, "-m", "sandboxes.guest", "--config",
-            json.dumps(agent_config(spec, workdir, owns_box))]
+            json.dumps(agent_config(spec, workdir, owns_box, rlimits=rlimits))]
     if connect is None:
         argv.append("--stdio")
     else:

@@ -2,17 +2,16 @@
 
 It is NOT an isolation boundary: kernel code runs as the controller's user, can read what that user
 can read, and can reach the network. What it does give: a private temporary working folder, an
-environment holding nothing of the host's (no API keys), best-effort rlimits (address space, CPU
-seconds, file size, open files), and a guarantee that every process the box started is killed when
-it closes, including ones that left their process group (they are found by a marker in their
-environment).
+environment holding nothing of the host's (no API keys), rlimits (address space, CPU seconds, file
+size, open files) in force before the kernel starts, and a guarantee that every process the box
+started is killed when it closes, including ones that left their process group (they are found by a
+marker in their environment).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import resource
 import shutil
 import signal
 import sys
@@ -23,12 +22,15 @@ from typing import Callable
 
 from sandboxes.backends.base import Backend, agent_argv
 from sandboxes.errors import SandboxStartError
+from sandboxes.results import Diagnosis, DiagnosisKind
 from sandboxes.backends.guest_bundle import write_guest
 from sandboxes.transport import ByteStream, UnixListener
 
 MARKER_ENV = "SANDBOX_BOX_ID"
 # The controller process that started the box: its boxes' processes can be found after the fact.
 CONTROLLER_ENV = "SANDBOX_CONTROLLER_PID"
+# How long a diagnosis waits for the agent process to be reaped after its stream ended.
+DIAGNOSE_WAIT_S = 0.5
 
 
 def _minimal_env(home: Path, guest_root: Path, box_id: str, extra: dict[str, str]) -> dict[str, str]:
@@ -105,7 +107,7 @@ class LocalSandbox(Backend):
         (work / "tmp").mkdir(parents=True)
         guest_root = write_guest(self.dir / "guest")
         self.listener = await UnixListener.open(self.dir / "agent.sock", mode=0o600)
-        argv = agent_argv(sys.executable, self.spec, str(work), str(self.listener.path))
+        argv = agent_argv(sys.executable, self.spec, str(work), str(self.listener.path), rlimits=self._rlimits())
         log = open(self.dir / "agent.log", "wb")
         try:
             self.proc = await asyncio.create_subprocess_exec(
@@ -114,7 +116,6 @@ class LocalSandbox(Backend):
                 start_new_session=True)
         finally:
             log.close()
-        self._limit(self.proc.pid)
         accept = asyncio.ensure_future(self.listener.accept(self.spec.startup_timeout_s))
         exited = asyncio.ensure_future(self.proc.wait())
         try:
@@ -129,20 +130,12 @@ class LocalSandbox(Backend):
             raise SandboxStartError(f"the local agent exited before connecting: {await self.diagnose()}")
         return accept.result()
 
-    def _limit(self, pid: int) -> None:
-        """Best-effort rlimits on the agent; the kernel it starts inherits them."""
+    def _rlimits(self) -> dict[str, int]:
+        """The agent's rlimits, which the kernel it starts inherits (set by the agent on itself before
+        it launches the kernel: see ``sandboxes.guest.kernelproc.apply_rlimits``)."""
         mb = 1024 * 1024
-        limits = {
-            resource.RLIMIT_AS: self.spec.memory_mb * mb,
-            resource.RLIMIT_FSIZE: self.spec.disk_mb * mb,
-            resource.RLIMIT_NOFILE: self.spec.nofile,
-            resource.RLIMIT_CPU: int(self.spec.lifetime_s) + 1,
-        }
-        for which, value in limits.items():
-            try:
-                resource.prlimit(pid, which, (value, value))
-            except (OSError, ValueError):
-                pass
+        return {"AS": self.spec.memory_mb * mb, "FSIZE": self.spec.disk_mb * mb, "NOFILE": self.spec.nofile,
+                "CPU": int(self.spec.lifetime_s) + 1}
 
     def _box_pids(self) -> set[int]:
         """Every live process of this box: the agent's tree, and any carrying the box's marker."""
@@ -186,12 +179,15 @@ class LocalSandbox(Backend):
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    async def diagnose(self) -> str | None:
+    async def diagnose(self) -> Diagnosis | None:
+        """From the agent process's exit status; its stderr is quoted for a human, never judged."""
         if self.proc is None:
             return None
-        code = self.proc.returncode
-        if code is None:
+        try:  # the stream just ended: an agent that died is reaped a moment later
+            code = await asyncio.wait_for(self.proc.wait(), DIAGNOSE_WAIT_S)
+        except TimeoutError:
             return None
+        kind: DiagnosisKind = "killed" if code < 0 else "exited"
         what = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
         tail = ""
         if self.dir is not None:
@@ -200,7 +196,6 @@ class LocalSandbox(Backend):
                 tail = f"; its last words: {text}" if text else ""
             except OSError:
                 pass
-        return f"the agent process {what}{tail}"
-
+        return Diagnosis(kind, f"the agent process {what}{tail}")
 
 BACKEND = LocalSandbox

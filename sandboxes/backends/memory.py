@@ -25,6 +25,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from sandboxes.backends.base import Backend, BackendFactory
 from sandboxes.guest import protocol
 from sandboxes.guest.protocol import LineBuffer
+from sandboxes.results import Diagnosis
 from sandboxes.spec import SandboxSpec
 from sandboxes.transport import ByteStream
 
@@ -124,7 +125,7 @@ class MemoryBackend(Backend):
     name = "memory"
 
     def __init__(self, spec: SandboxSpec, box_id: str, script: AgentScript = echo_agent, *,
-                 start_error: BaseException | None = None, diagnosis: str | None = None) -> None:
+                 start_error: BaseException | None = None, diagnosis: Diagnosis | None = None) -> None:
         super().__init__(spec, box_id)
         self.script = script
         self.start_error = start_error
@@ -165,7 +166,7 @@ class MemoryBackend(Backend):
         if self._ours is not None:
             await self._ours.close()
 
-    async def diagnose(self) -> str | None:
+    async def diagnose(self) -> Diagnosis | None:
         return self.diagnosis
 
 

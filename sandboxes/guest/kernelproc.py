@@ -74,8 +74,21 @@ class KernelProcess:
                 pass
 
 
+def apply_rlimits(limits: dict[str, int]) -> None:
+    """Set the named rlimits (``{"AS": bytes, "NOFILE": n, ...}``, soft = hard) on this process.
+
+    The agent sets them on itself before it starts the kernel, which inherits them: they hold from
+    the kernel's first instruction, where a limit set on the agent from outside would race the kernel's
+    start. A limit the system refuses is a start-up failure, not a box without it."""
+    import resource
+
+    for name, value in limits.items():
+        resource.setrlimit(getattr(resource, f"RLIMIT_{name}"), (int(value), int(value)))
+
+
 def launch(config: dict) -> KernelProcess:
     """Make the working and private folders and start the kernel, from the agent's config."""
+    apply_rlimits(config.get("rlimits") or {})
     workdir = Path(config.get("workdir") or os.getcwd()).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     kernel = KernelProcess(workdir, Path(tempfile.mkdtemp(prefix="sandbox-agent-")))

@@ -116,8 +116,8 @@ async def test_large_writes_respect_modals_stdin_buffer(modal_fake) -> None:
     async with open_sandbox(SandboxSpec(backend="modal"), handlers={"big": big}) as box:
         r = await box.execute("from sandboxes.guest.runtime import call\nprint(len(call('big', None)))")
         assert r.stdout == f"{6 << 20}\n", r
-        await box.put_file("/tmp/blob.bin", b"z" * 20_000_000)
-        r = await box.execute("import os\nprint(os.path.getsize('/tmp/blob.bin'))\nos.remove('/tmp/blob.bin')")
+        await box.put_file("blob.bin", b"z" * 20_000_000)
+        r = await box.execute("import os\nprint(os.path.getsize('blob.bin'))\nos.remove('blob.bin')")
         assert r.stdout == "20000000\n"
 
 

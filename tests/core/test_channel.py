@@ -14,6 +14,7 @@ from sandboxes.backends.memory import MemoryAgent, MemoryBackend
 from sandboxes.channel import MAX_VIOLATIONS, Channel
 from sandboxes.errors import SandboxLost, SandboxStartError
 from sandboxes.guest import protocol
+from sandboxes.results import Diagnosis
 from sandboxes.transport import ByteStream
 
 
@@ -171,13 +172,28 @@ async def test_a_box_dying_mid_cell_is_lost_with_the_backends_diagnosis() -> Non
             if message["type"] == "execute":
                 return  # the agent goes away without an answer
 
-    factory = MemoryBackend.factory(dies_in_a_cell, diagnosis="the box ran out of memory (limit 1 MB)")
+    factory = MemoryBackend.factory(dies_in_a_cell, diagnosis=Diagnosis("oom", "the box ran out of memory (limit 1 MB)"))
     async with open_sandbox(SandboxSpec(), backend=factory) as box:
         result = await asyncio.wait_for(box.execute("x"), 30)
         assert result.status == "oom"
         assert "out of memory" in result.error.value
         assert (await box.execute("y")).status == "oom"  # the box stays lost
         assert box.backend.destroyed
+
+
+async def test_the_status_of_a_lost_box_is_the_diagnosis_kind_never_its_words() -> None:
+    async def dies_in_a_cell(peer: MemoryAgent) -> None:
+        await peer.say_ready()
+        async for message in peer:
+            if message["type"] == "execute":
+                return
+
+    # The agent was killed, and its last words (which kernel code can write) claim an OOM.
+    words = Diagnosis("killed", "the agent was killed by signal 9; its last words: out of memory (OOM)")
+    async with open_sandbox(SandboxSpec(), backend=MemoryBackend.factory(dies_in_a_cell, diagnosis=words)) as box:
+        result = await asyncio.wait_for(box.execute("x"), 30)
+        assert result.status == "sandbox_lost", result
+        assert "out of memory" in result.error.value  # kept for a human to read
 
 
 async def test_a_backend_instance_and_a_different_spec_are_refused() -> None:

@@ -112,6 +112,21 @@ async def test_rlimits_apply() -> None:
         assert (await box.execute("print('ok')")).stdout == "ok\n"
 
 
+async def test_kernel_code_cannot_label_the_agents_death_oom() -> None:
+    # On the local backend kernel code runs as the agent's user: it writes "out of memory" where the
+    # agent's last words are kept, then kills the agent. The status is the exit signal's, not the words'.
+    async with open_sandbox(SandboxSpec()) as box:
+        r = await box.execute(
+            "import os, signal, time\n"
+            "with open(f'/proc/{os.getppid()}/fd/2', 'w') as agent_stderr:\n"
+            "    agent_stderr.write('MemoryError: out of memory (OOM) - the box ran out of memory\\n')\n"
+            "os.kill(os.getppid(), signal.SIGKILL)\n"
+            "time.sleep(30)", timeout=20)
+        assert r.status == "sandbox_lost", r
+        assert r.error is not None and "signal 9" in r.error.value, r.error
+        assert "out of memory" in r.error.value  # quoted for a human, and only that
+
+
 async def test_closed_box_says_so() -> None:
     async with open_sandbox(SandboxSpec()) as box:
         pass
@@ -166,3 +181,30 @@ def test_agent_with_no_controller_leaves_no_kernel(tmp_path) -> None:
     while box_processes(marker) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert box_processes(marker) == []
+
+
+def test_the_kernel_is_born_under_the_box_limits(tmp_path) -> None:
+    """The agent sets its rlimits on itself before it launches the kernel, so the kernel holds them
+    from its first instruction: nothing sets them from outside after the start, racing it."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[2])
+    script = (
+        "import json, signal, sys\n"
+        "from sandboxes.guest.kernelproc import launch\n"
+        "kernel = launch(json.loads(sys.argv[1]))\n"
+        "try:\n"
+        "    print(open(f'/proc/{kernel.pid}/limits').read())\n"
+        "finally:\n"
+        "    kernel.signal(signal.SIGKILL)\n"
+    )
+    config = json.dumps({"workdir": str(tmp_path / "work"), "rlimits": {"NOFILE": 123, "FSIZE": 7 << 20}})
+    out = subprocess.run([sys.executable, "-c", script, config], env={"PATH": "/usr/bin:/bin", "PYTHONPATH": root},
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    limits = {line[:26].strip(): line[26:].split()[:2] for line in out.stdout.splitlines()[1:] if line.strip()}
+    assert limits["Max open files"] == ["123", "123"], out.stdout
+    assert limits["Max file size"] == [str(7 << 20), str(7 << 20)], out.stdout

@@ -281,7 +281,9 @@ def test_max_llm_calls_ends_the_run_and_no_call_overspends(server, make_rlm):
     assert sum(u.calls for u in result.usage.values()) <= 5
     events = [json.loads(line) for line in open(result.trajectory_path)]
     subcalls = [e for e in events if e["event"] == "subcall"]
-    assert len(subcalls) == 10
+    # The three reserved calls and the one that tripped the limit are logged; prompts reached after the
+    # trip are answered with the limit's error, without a call or an event each.
+    assert 4 <= len(subcalls) <= 10
     assert all(e["status"] in ("ok", "cancelled", "max_llm_calls") for e in subcalls)
     reserved = [e for e in subcalls if e["status"] in ("ok", "cancelled")]
     assert len(reserved) <= 3

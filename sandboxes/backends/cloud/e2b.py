@@ -39,6 +39,7 @@ from sandboxes.backends.cloud.textstream import DEFAULT_MAX_WRITE, TextStream
 from sandboxes.backends.guest_bundle import guest_files
 from sandboxes.box_tags import box_tags
 from sandboxes.errors import SandboxUnavailable
+from sandboxes.results import DiagnosisKind
 from sandboxes.spec import SandboxSpec
 from sandboxes.transport import ByteStream
 
@@ -142,10 +143,12 @@ class E2BSandbox(StdioBoxBackend):
         finally:
             await stream.feed_eof()
 
-    async def _describe_end(self) -> list[str]:
+    async def _describe_end(self) -> tuple[DiagnosisKind, list[str]]:
         parts: list[str] = []
+        kind: DiagnosisKind = "lost"
         code = self.handle.exit_code if self.handle is not None else None
         if code is not None:
+            kind = "killed" if code > 128 or code < 0 else "exited"
             parts.append(f"the agent process exited with code {code}"
                          + (f" ({self.handle.error})" if self.handle.error else ""))
         try:
@@ -159,7 +162,7 @@ class E2BSandbox(StdioBoxBackend):
             parts.append(f"the command stream ended: {self.end_error}")
         if "No module named" in self.stderr_tail.last_lines(LAST_WORDS_LINES):
             parts.append(MISSING_PACKAGES_HINT)
-        return parts
+        return kind, parts
 
     async def _stop_agent(self) -> None:
         if self.handle is not None and self.handle.exit_code is None:

@@ -36,6 +36,7 @@ from sandboxes.backends.cloud.textstream import TextStream
 from sandboxes.backends.guest_bundle import staged_guest
 from sandboxes.box_tags import box_tags
 from sandboxes.errors import SandboxUnavailable
+from sandboxes.results import DiagnosisKind
 from sandboxes.spec import SandboxSpec
 from sandboxes.transport import ByteStream
 
@@ -235,8 +236,9 @@ class ModalSandbox(StdioBoxBackend):
             async for chunk in self.sandbox.stderr:
                 self.stderr_tail.add(chunk)
 
-    async def _describe_end(self) -> list[str]:
+    async def _describe_end(self) -> tuple[DiagnosisKind, list[str]]:
         parts: list[str] = []
+        kind: DiagnosisKind = "lost"
         code = None
         try:
             # Stdout can end a moment before Modal records the exit: give it a few seconds.
@@ -249,6 +251,7 @@ class ModalSandbox(StdioBoxBackend):
             parts.append(f"Modal could not say how the sandbox {self.sandbox_id} ended ({short_error(exc)})")
         if code is not None:
             what = f"the Modal sandbox {self.sandbox_id} ended with exit code {code}"
+            kind = "killed" if code > 128 or code < 0 else "exited"
             if code in (137, -9):
                 what += (f" (killed: over its {self.spec.memory_mb} MB memory limit, past its lifetime, "
                          "or terminated from outside)")
@@ -257,7 +260,7 @@ class ModalSandbox(StdioBoxBackend):
             parts.append(f"the Modal sandbox {self.sandbox_id} still runs but its agent's output ended")
         if self.stdout_error:
             parts.append(f"reading its stdout failed: {self.stdout_error}")
-        return parts
+        return kind, parts
 
     async def _terminate(self) -> None:
         await self.sandbox.terminate.aio()

@@ -21,6 +21,7 @@ import structlog
 from sandboxes.backends.base import Backend
 from sandboxes.backends.cloud.sdk_surface import SdkCall, load_sdk
 from sandboxes.backends.cloud.textstream import OutputTail, TextStream
+from sandboxes.results import Diagnosis, DiagnosisKind
 from sandboxes.spec import SandboxSpec
 
 # The longest lifetime the providers grant a box.
@@ -86,14 +87,16 @@ class StdioBoxBackend(Backend):
         tail = self.stderr_tail.last_lines(LAST_WORDS_LINES)
         return [f"the agent's last words: {tail}"] if tail else []
 
-    async def diagnose(self) -> str | None:
+    async def diagnose(self) -> Diagnosis | None:
         if self.sandbox is None:
             return None
-        return "; ".join(await self._describe_end() + self.last_words()) or None
+        kind, parts = await self._describe_end()
+        return Diagnosis(kind, "; ".join(parts + self.last_words()) or "the agent's output ended")
 
     @abc.abstractmethod
-    async def _describe_end(self) -> list[str]:
-        """What the provider says of how the box or its agent ended, as parts of a diagnosis."""
+    async def _describe_end(self) -> tuple[DiagnosisKind, list[str]]:
+        """How the box or its agent ended, from what the provider reports (exit code, state): the kind,
+        and parts of the text for humans. The agent's stderr is added by ``diagnose``, never judged."""
 
     @abc.abstractmethod
     async def _terminate(self) -> None:

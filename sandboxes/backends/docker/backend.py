@@ -34,6 +34,7 @@ from sandboxes.backends.docker.engine import engine_client, engine_runtimes, req
 from sandboxes.backends.docker.image_check import default_image, check_image
 from sandboxes.box_tags import RUN_ID_LABEL, box_tags
 from sandboxes.errors import SandboxStartError, SandboxUnavailable
+from sandboxes.results import Diagnosis, DiagnosisKind
 from sandboxes.spec import SandboxSpec
 from sandboxes.transport import ByteStream, UnixListener
 
@@ -52,8 +53,6 @@ LOG_MAX = "1m"
 # How often start-up looks whether the container died before its agent connected.
 START_POLL_S = (0.25, 0.5, 1.0, 2.0)
 REMOVE_TIMEOUT_S = 30.0
-# What the agent's last words say when it could not start a thread or process.
-PIDS_EXHAUSTED_SIGNS = ("Resource temporarily unavailable", "can't start new thread")
 # Under gVisor the engine's pids limit counts gVisor's own host tasks: about 80 for an idle box and
 # about six per process inside it (ptrace platform). The limit passed to the engine is scaled so that
 # ``spec.pids`` means roughly the same number of processes in the box under either runtime.
@@ -255,15 +254,17 @@ class DockerSandbox(Backend):
         except Exception:
             return False
 
-    async def diagnose(self) -> str | None:
+    async def diagnose(self) -> Diagnosis | None:
         if self._client is None or self.container_id is None:
             return None
         try:
             return await _in_thread(self._diagnose)
         except Exception as exc:
-            return f"the container could not be inspected ({exc.__class__.__name__})"
+            return Diagnosis("lost", f"the container could not be inspected ({exc.__class__.__name__})")
 
-    def _diagnose(self) -> str | None:
+    def _diagnose(self) -> Diagnosis | None:
+        """From the engine's record of the container: its OOM flag, exit code and age. The agent's
+        last words (the container's log, which kernel code can write to) are quoted, never judged."""
         state = self._state()
         # The stream just ended: an agent that died takes the container down a moment later.
         for _ in range(40):
@@ -272,26 +273,25 @@ class DockerSandbox(Backend):
             time.sleep(0.05)
             state = self._state()
         if state is None:
-            return "the container is gone (removed outside this controller)"
-        if state.get("OOMKilled"):
-            return (f"the box ran out of memory (limit {self.spec.memory_mb} MB) and was OOM-killed")
-        age = time.monotonic() - self._started_at
+            return Diagnosis("lost", "the container is gone (removed outside this controller)")
         if state.get("Running"):
             if self._pids_at_limit():
-                return f"the box hit its process limit ({self.spec.pids} processes)"
+                return Diagnosis("lost", f"the box hit its process limit ({self.spec.pids} processes)")
             return None
         code = state.get("ExitCode")
+        if state.get("OOMKilled") and code == 128 + 9:
+            # The engine saw an OOM kill in the box's cgroup and its agent died of SIGKILL; kernel code
+            # cannot send that signal to the agent (it runs under a user of its own).
+            return Diagnosis("oom", f"the box ran out of memory (limit {self.spec.memory_mb} MB) and was OOM-killed")
+        kind: DiagnosisKind
         if isinstance(code, int) and code > 128:
-            what = f"was killed by signal {code - 128}"
+            kind, what = "killed", f"was killed by signal {code - 128}"
         else:
-            what = f"exited with code {code}"
+            kind, what = "exited", f"exited with code {code}"
+        if time.monotonic() - self._started_at >= self.spec.lifetime_s:
+            kind, what = "lifetime", what + f" after its lifetime of {self.spec.lifetime_s:g} s"
         words = self._last_words()
-        if age >= self.spec.lifetime_s:
-            what += f" after its lifetime of {self.spec.lifetime_s:g} s"
-        text = f"the box's agent {what}" + (f"; its last words: {words}" if words else "")
-        if any(sign in words for sign in PIDS_EXHAUSTED_SIGNS):
-            text = f"the box hit its process limit ({self.spec.pids} processes) and {text}"
-        return text
+        return Diagnosis(kind, f"the box's agent {what}" + (f"; its last words: {words}" if words else ""))
 
     # --- destroy ------------------------------------------------------------------------------
 
