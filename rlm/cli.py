@@ -4,6 +4,9 @@
             [--sandbox local|docker|modal|e2b] [--max-depth N] [--max-iterations N] [--log-dir DIR] QUESTION
     rlm batch TASKS.jsonl --out RESULTS.jsonl [...]   many runs, resumable (see rlm/batch)
     rlm view RUN.jsonl [-o PAGE.html] [--open]      one self-contained HTML page showing a run
+    rlm run --server URL ...   the same on an `rlm serve` service (key from RLM_SERVICE_KEY)
+    rlm serve [--host H --port P --db URL --config FILE]   the multi-tenant service
+    rlm tenants add|list|set|disable|enable|rotate-key ...  its tenants and keys
     rlm sandbox ...        the sandbox layer's own commands (build-image, reap, ...)
 
 The answer goes to stdout; progress and the summary go to stderr, so ``rlm run ... > answer.txt``
@@ -32,12 +35,19 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--context", required=True, metavar="FILE", help="text file, or .json with a list/object")
     add_model_options(run, log_dir="rlm_logs", max_wall_s=3600.0)
     run.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    run.add_argument("--server", metavar="URL", help="run on an `rlm serve` service instead of locally")
+    run.add_argument("--api-key-env", default="RLM_SERVICE_KEY", metavar="NAME",
+                     help="environment variable holding the service's API key (default: RLM_SERVICE_KEY)")
     run.set_defaults(func=cmd_run)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     configure_logging(args.verbose)
     context = read_context(args.context)
+    if getattr(args, "server", None):
+        from rlm.client import run_on_server
+
+        return run_on_server(args, context, build_parser().parse_args(["run", "--context", "-", "-"]))
     try:
         rlm = rlm_from_args(args, verbose=not args.quiet)
     except ValueError as exc:
@@ -85,8 +95,17 @@ def cmd_sandbox(argv: Sequence[str]) -> int:
 # -- the parser ----------------------------------------------------------------------------------------
 
 # Subcommands, each registered by a function that adds its parser and sets ``func``.
+def add_service_parsers(sub: argparse._SubParsersAction) -> None:
+    """`rlm serve` and `rlm tenants` (the service, rlm/service/; imported only when its command runs)."""
+    from rlm.service.server import add_serve_parser
+    from rlm.service.tenants_cli import add_tenants_parser
+
+    add_serve_parser(sub)
+    add_tenants_parser(sub)
+
+
 PARSERS: list[Callable[[argparse._SubParsersAction], None]] = [add_run_parser, add_batch_parser, add_view_parser,
-                                                               add_sandbox_parser]
+                                                               add_service_parsers, add_sandbox_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

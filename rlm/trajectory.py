@@ -6,12 +6,13 @@ the run-start event carries the configuration with every key-like field removed.
 
 Events (``event`` field): ``run_start``, ``rlm_start`` (each RLM in the tree, with its parent),
 ``iteration_start``, ``iteration`` (the model's reply), ``cell`` (code, status, outputs, timing),
-``subcall`` (llm_query / rlm_query from kernel code, with the RLM that made it), ``tool_call`` (a
-custom tool), ``retry``, ``notice``, ``iteration_end``, ``rlm_end``, ``final``; ``sandbox_ready`` (a box
-started or reused, with its start, upload and setup times), ``box_queued`` and ``box_wait`` (a box start
-waited for its turn in the start queue: how many starts were ahead, how many seconds it waited),
-``sandbox_lost``, ``compaction`` (the
-conversation summarised: tokens before and after). Every event has ``t`` (seconds since the run started), ``run_id``, and where
+``subcall`` (llm_query / rlm_query from kernel code, with the RLM that made it), ``model_call`` (each
+settled model call: model, tokens, cost, seconds), ``tool_call`` (a custom tool), ``retry``,
+``notice``, ``iteration_end``, ``rlm_end``, ``final``; ``sandbox_ready`` (a box started or reused,
+with its start, upload and setup times), ``box_queued`` and ``box_wait`` (a box start waited for its
+turn in the start queue: how many starts were ahead, how many seconds it waited), ``sandbox_lost``,
+``compaction`` (the conversation summarised: tokens before and after). Every event has ``t`` (seconds
+since the run started), ``run_id``, and where
 it applies ``rlm_id`` and ``depth``.
 """
 

@@ -116,24 +116,34 @@ class RunTree:
             self.emit("retry", rlm_id=rlm_id, depth=depth, model=client.model_name, attempt=attempt,
                       status=exc.status, error=str(exc)[:300], delay_s=round(delay, 3))
 
+        def settle(input_tokens: int, output_tokens: int, failed: bool) -> None:
+            cost = budget.settle(reservation, input_tokens, output_tokens, retries=retries, failed=failed)
+            # Every settled call, so a consumer can account a run's spend as it goes (and still
+            # has it when the run is cancelled before its result exists).
+            self.emit("model_call", rlm_id=rlm_id, depth=depth, model=client.model_name,
+                      input_tokens=input_tokens, output_tokens=output_tokens,
+                      cost_usd=None if cost is None else round(cost, 8), retries=retries, failed=failed,
+                      seconds=round(time.monotonic() - started, 4))
+
         async with self._model_slots:
             reservation = await budget.reserve(client.model_name, messages)
+            started = time.monotonic()
             try:
                 response = await client.complete(
                     messages, max_output_tokens=reservation.max_output_tokens,
                     timeout=self.limits.model_timeout_s, deadline=budget.deadline, retry=self.retry,
                     on_retry=on_retry)
             except ModelCallError as exc:
-                budget.settle(reservation, 0, 0, retries=retries, failed=True)
+                settle(0, 0, True)
                 remaining = budget.remaining_s()
                 if remaining is not None and remaining <= 0.05:
                     raise budget.trip("max_wall_s", f"the run reached its wall-clock limit of "
                                                     f"{self.limits.max_wall_s:g} s") from exc
                 raise
             except BaseException:
-                budget.settle(reservation, 0, 0, retries=retries, failed=True)
+                settle(0, 0, True)
                 raise
-        budget.settle(reservation, response.input_tokens, response.output_tokens, retries=retries)
+        settle(response.input_tokens, response.output_tokens, False)
         return response
 
     def pick_client(self, model: Any) -> ModelClient:
