@@ -10,6 +10,7 @@ import json
 import typing
 from typing import Any
 
+from sandboxes.cancellation import finish
 from sandboxes.results import Diagnosis
 from sandboxes.spec import SandboxSpec
 from sandboxes.transport import ByteStream
@@ -40,11 +41,12 @@ class Backend(abc.ABC):
 
     @typing.final
     async def destroy(self) -> None:
-        """Destroy the box and everything in it. Idempotent; never raises; always finishes."""
+        """Destroy the box and everything in it. Idempotent; never raises; always finishes: a caller
+        cancelled meanwhile gets its cancellation once the box is gone."""
         if self.destroyed:
             return
         self.destroyed = True
-        await self._destroy()
+        await finish(self._destroy())
 
     @abc.abstractmethod
     async def _destroy(self) -> None:
@@ -85,7 +87,7 @@ BackendFactory = typing.Callable[[SandboxSpec, str], Backend]
 
 
 def agent_config(spec: SandboxSpec, workdir: str, owns_box: bool = False, *,
-                 rlimits: dict[str, int] | None = None) -> dict[str, Any]:
+                 rlimits: dict[str, int] | None = None, users: dict[str, int] | None = None) -> dict[str, Any]:
     """The settings the agent needs, passed to it as one JSON argument."""
     config: dict[str, Any] = {
         "workdir": workdir,
@@ -96,19 +98,24 @@ def agent_config(spec: SandboxSpec, workdir: str, owns_box: bool = False, *,
     }
     if rlimits:
         config["rlimits"] = rlimits
+    if users:
+        config["users"] = users
     return config
 
 
 def agent_argv(python: str, spec: SandboxSpec, workdir: str, connect: str | None,
-               owns_box: bool = False, *, rlimits: dict[str, int] | None = None) -> list[str]:
+               owns_box: bool = False, *, rlimits: dict[str, int] | None = None,
+               users: dict[str, int] | None = None) -> list[str]:
     """The agent's command line. ``connect`` is a Unix socket path, or None to speak on stdin/stdout.
 
     ``owns_box``: the box holds nothing but the agent and what it starts (a container), so the agent
     may kill every other process in it when it restarts the kernel. Never for the local backend.
     ``rlimits``: limits (``{"AS": bytes, ...}``) the agent sets on itself before it starts the kernel.
+    ``users``: ``{"agent": uid, "kernel": uid, "group": gid}`` for an agent started as root with the
+    capabilities to switch users: it runs the kernel as a user of its own (``sandboxes.guest.users``).
     """
     argv = [python, "-m", "sandboxes.guest", "--config",
-            json.dumps(agent_config(spec, workdir, owns_box, rlimits=rlimits))]
+            json.dumps(agent_config(spec, workdir, owns_box, rlimits=rlimits, users=users))]
     if connect is None:
         argv.append("--stdio")
     else:
