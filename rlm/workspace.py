@@ -260,8 +260,10 @@ class Workspace:
 
     async def close(self) -> None:
         """Cancel getting ready and destroy the box. Idempotent; finishes even if the caller is cancelled."""
-        await self.abandon()
-        await self._discard()
+        try:
+            await self.abandon()
+        finally:
+            await self._discard()
 
     async def _discard(self) -> None:
         box, self.box = self.box, None

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping
 
 import structlog
 
+from sandboxes.cancellation import finish
 from sandboxes.channel import Handler
 from sandboxes.errors import SandboxClosed, SandboxError, SandboxStartError
 from sandboxes.sandbox import Sandbox
@@ -132,7 +133,7 @@ class SandboxPool:
         return await self.start()
 
     async def __aexit__(self, *exc: Any) -> None:
-        await asyncio.shield(asyncio.ensure_future(self.close()))
+        await finish(self.close())
 
     # --- hand-out -----------------------------------------------------------------------------
 
@@ -178,7 +179,7 @@ class SandboxPool:
         try:
             yield box
         finally:
-            await asyncio.shield(asyncio.ensure_future(self.release(box)))
+            await finish(self.release(box))
 
     async def _take_idle(self) -> Sandbox | None:
         while self._idle:

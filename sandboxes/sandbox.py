@@ -18,16 +18,16 @@ import os
 import re
 import time
 import uuid
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Hashable, Mapping, Union
 
 import structlog
 
 from sandboxes import cleanup
+from sandboxes.cancellation import finish
 from sandboxes.channel import Channel, Handler
 from sandboxes.errors import SandboxClosed, SandboxError, SandboxLost, SandboxStartError
 from sandboxes.guest import protocol
-from sandboxes.guest.uploads import inside_parts
 from sandboxes.results import ExecError, ExecResult
 from sandboxes.spec import SandboxSpec
 from sandboxes.admission import StartQueue, start_queue
@@ -39,6 +39,8 @@ if TYPE_CHECKING:  # the core only calls a backend's methods; it never imports a
 
 log = structlog.get_logger("sandboxes")
 
+# How a backend's diagnosis says the box ran out of memory (see Backend.diagnose).
+_OOM_WORDS = re.compile(r"\bout of memory\b|\boom\b", re.IGNORECASE)
 # Slack on top of a cell's own timeout + grace + a kernel restart before the agent counts as gone.
 EXECUTE_SLACK_S = 5.0
 SHUTDOWN_WAIT_S = 1.0
@@ -167,18 +169,12 @@ class Sandbox:
     async def put_file(self, path: str, data: bytes | bytearray | memoryview | os.PathLike[str]) -> None:
         """Write ``data`` (bytes, or a local file given as a Path) to ``path`` in the box.
 
-        Relative paths are relative to the kernel's working folder; a path outside it (absolute
-        elsewhere, or climbing out with ``..``) is refused with ValueError, here and again by the agent,
-        which also follows no symbolic link. Sent in chunks, so size is bounded only by the box's disk.
+        Relative paths are relative to the kernel's working folder. Sent in chunks, so size is bounded
+        only by the box's disk.
         """
         self._check_open()
         if isinstance(data, str):
             raise TypeError("put_file takes bytes, or a pathlib.Path naming a local file to upload")
-        try:
-            inside_parts(PurePosixPath(self.workdir or "/"), path)
-        except ValueError as exc:
-            raise ValueError(f"put_file writes only inside the box's working folder: {exc}; give a path "
-                             "relative to it") from None
         if self._loss is not None:
             raise SandboxLost(self._loss[1])
         upload_id = self.channel.new_id("f")
@@ -238,8 +234,8 @@ class Sandbox:
             why = await asyncio.wait_for(self.backend.diagnose(), 10.0)
         except Exception:
             why = None
-        if why is not None:  # the status is the diagnosis's kind, a fact; its text is for humans
-            self._loss = (why.status, f"{reason}: {why.detail}")
+        if why:
+            self._loss = ("oom" if _OOM_WORDS.search(why) else "sandbox_lost", f"{reason}: {why}")
         log.warning("sandbox_lost", box_id=self.box_id, status=self._loss[0], reason=self._loss[1])
         await self.channel.close()
         await self.backend.destroy()
@@ -262,7 +258,7 @@ class Sandbox:
         """Shut the agent down and destroy the box. Idempotent; finishes even if the caller is cancelled."""
         if self._closing is None:
             self._closing = asyncio.ensure_future(self._close())
-        await asyncio.shield(self._closing)
+        await finish(self._closing)
 
     async def _close(self) -> None:
         self._lifetime.cancel()
@@ -332,8 +328,7 @@ async def _abort_start(backend: "Backend", channel: Channel | None) -> str | Non
     async def teardown() -> str | None:
         reason = None
         with contextlib.suppress(Exception):
-            why = await asyncio.wait_for(backend.diagnose(), 5.0)
-            reason = why.detail if why is not None else None
+            reason = await asyncio.wait_for(backend.diagnose(), 5.0)
         if channel is not None:
             with contextlib.suppress(Exception):
                 await channel.close()
@@ -341,7 +336,7 @@ async def _abort_start(backend: "Backend", channel: Channel | None) -> str | Non
         cleanup.unregister(backend)
         return reason
 
-    return await asyncio.shield(asyncio.ensure_future(teardown()))
+    return await finish(teardown())
 
 
 _STAGED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")

@@ -12,6 +12,7 @@ import asyncio
 import os
 from pathlib import Path
 
+from sandboxes.cancellation import cancelling
 from sandboxes.guest.protocol import MAX_LINE_BYTES
 
 class ByteStream(abc.ABC):
@@ -50,7 +51,10 @@ class AsyncioStream(ByteStream):
         self._writer.close()
         try:
             await asyncio.wait_for(self._writer.wait_closed(), 1.0)
-        except (Exception, asyncio.CancelledError):
+        except asyncio.CancelledError:
+            if cancelling():
+                raise
+        except Exception:
             pass
 
 

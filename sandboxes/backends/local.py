@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from sandboxes.backends.base import Backend, agent_argv
+from sandboxes.cancellation import cancelling
 from sandboxes.errors import SandboxStartError
 from sandboxes.results import Diagnosis, DiagnosisKind
 from sandboxes.backends.guest_bundle import write_guest
@@ -167,8 +168,11 @@ class LocalSandbox(Backend):
         if self.proc is not None and self.proc.returncode is None:
             try:
                 await asyncio.wait_for(self.proc.wait(), 5.0)
-            except (TimeoutError, asyncio.CancelledError):
+            except TimeoutError:
                 pass
+            except asyncio.CancelledError:
+                if cancelling():
+                    raise
         if self.listener is not None:
             await self.listener.close()
         if self.dir is not None:

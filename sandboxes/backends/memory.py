@@ -19,10 +19,10 @@ raw bytes, garbage included) and the box ends when the script returns or ``destr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from sandboxes.backends.base import Backend, BackendFactory
+from sandboxes.cancellation import stop
 from sandboxes.guest import protocol
 from sandboxes.guest.protocol import LineBuffer
 from sandboxes.results import Diagnosis
@@ -160,9 +160,7 @@ class MemoryBackend(Backend):
 
     async def _destroy(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+            await stop(self._task)
         if self._ours is not None:
             await self._ours.close()
 

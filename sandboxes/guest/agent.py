@@ -66,7 +66,7 @@ class Agent:
         call_socket = str(self.process.call_socket)
         server = await asyncio.start_unix_server(self.calls.serve, path=call_socket,
                                                  limit=protocol.MAX_LINE_BYTES)
-        os.chmod(call_socket, 0o660 if self.process.user else 0o600)  # the kernel may be another user
+        os.chmod(call_socket, 0o600)
         self.kernel = Kernel(self.process, self.output_limit, self.owns_box)
         try:
             await self.kernel.connect()

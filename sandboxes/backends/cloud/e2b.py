@@ -38,6 +38,7 @@ from sandboxes.backends.cloud.stdio_box import LAST_WORDS_LINES, SDK_TIMEOUT_S, 
 from sandboxes.backends.cloud.textstream import DEFAULT_MAX_WRITE, TextStream
 from sandboxes.backends.guest_bundle import guest_files
 from sandboxes.box_tags import box_tags
+from sandboxes.cancellation import cancelling
 from sandboxes.errors import SandboxUnavailable
 from sandboxes.results import DiagnosisKind
 from sandboxes.spec import SandboxSpec
@@ -166,8 +167,11 @@ class E2BSandbox(StdioBoxBackend):
 
     async def _stop_agent(self) -> None:
         if self.handle is not None and self.handle.exit_code is None:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
+            try:
                 await asyncio.wait_for(self.handle.kill(), 10.0)
+            except BaseException:  # best effort: the box is destroyed next anyway
+                if cancelling():
+                    raise
 
     async def _terminate(self) -> None:
         await self.sandbox.kill()

@@ -21,6 +21,7 @@ import structlog
 from sandboxes.backends.base import Backend
 from sandboxes.backends.cloud.sdk_surface import SdkCall, load_sdk
 from sandboxes.backends.cloud.textstream import OutputTail, TextStream
+from sandboxes.cancellation import cancelling
 from sandboxes.results import Diagnosis, DiagnosisKind
 from sandboxes.spec import SandboxSpec
 
@@ -113,7 +114,9 @@ class StdioBoxBackend(Backend):
         if self.sandbox is not None:
             try:
                 await asyncio.wait_for(self._terminate(), SDK_TIMEOUT_S)
-            except (Exception, asyncio.CancelledError) as exc:
+            except BaseException as exc:
+                if cancelling():
+                    raise
                 self.log.warning(f"{self.name}_terminate_failed", box_id=self.box_id, sandbox_id=self.sandbox_id,
                                  error=short_error(exc), note=self.terminate_backstop)
         for task in self.tasks:

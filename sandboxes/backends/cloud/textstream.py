@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 from typing import Awaitable, Callable
 
+from sandboxes.cancellation import stop
 from sandboxes.transport import ByteStream
 
 Send = Callable[[bytes], Awaitable[None]]
@@ -188,9 +188,7 @@ class TextStream(ByteStream):
         if not self._closed and self._failure is None:
             await self.flush(CLOSE_FLUSH_S)  # e.g. the agent's shutdown message
         self._closed = True
-        self._sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._sender
+        await stop(self._sender)
         async with self._out_changed:
             self._outbox.clear()
             self._pending = 0
