@@ -73,11 +73,6 @@ class Workspace:
     def count(self) -> int:
         return len(self.contexts)
 
-    @property
-    def lost(self) -> str | None:
-        """Why the box was lost (it will be replaced on the next ``begin``), or None."""
-        return self._lost
-
     # -- getting ready -------------------------------------------------------------------------------
 
     def begin(self, context: Any, handlers: Mapping[str, Any], *, emit: Emit, deadline: float | None,

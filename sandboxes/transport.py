@@ -16,7 +16,11 @@ from sandboxes.cancellation import cancelling
 from sandboxes.guest.protocol import MAX_LINE_BYTES
 
 class ByteStream(abc.ABC):
-    """A duplex byte stream to one agent. ``read`` returns b"" at end of stream."""
+    """A duplex byte stream to one agent. ``read`` returns b"" at end of stream.
+
+    ``write`` takes a whole message at once, so concurrent writes never interleave, and returns once
+    the stream can take more; cancelling it never leaves part of a message sent.
+    """
 
     @abc.abstractmethod
     async def read(self) -> bytes: ...
@@ -27,6 +31,11 @@ class ByteStream(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None: ...
 
+    def delivered(self) -> int | None:
+        """Bytes the other end has taken so far, when the stream can tell (None otherwise): while it
+        grows, a peer that sends nothing is still reading."""
+        return None
+
 
 class AsyncioStream(ByteStream):
     """A ByteStream over an asyncio (reader, writer) pair, e.g. a Unix socket connection."""
@@ -36,6 +45,7 @@ class AsyncioStream(ByteStream):
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader = reader
         self._writer = writer
+        self._written = 0
 
     async def read(self) -> bytes:
         try:
@@ -44,11 +54,21 @@ class AsyncioStream(ByteStream):
             return b""
 
     async def write(self, data: bytes) -> None:
-        self._writer.write(data)
+        self._writer.write(data)  # all of it, into the transport's buffer: no partial message
+        self._written += len(data)
         await self._writer.drain()
 
+    def delivered(self) -> int:
+        return self._written - self._writer.transport.get_write_buffer_size()
+
     async def close(self) -> None:
-        self._writer.close()
+        """Close at once. What is still buffered for a peer that stopped reading is dropped (a
+        graceful close would wait for it forever), which also wakes a write waiting on ``drain``."""
+        transport = self._writer.transport
+        if transport.get_write_buffer_size():
+            transport.abort()
+        else:
+            self._writer.close()
         try:
             await asyncio.wait_for(self._writer.wait_closed(), 1.0)
         except asyncio.CancelledError:

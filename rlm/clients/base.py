@@ -157,9 +157,11 @@ class ModelClient(abc.ABC):
         """One request, no retries; SDK errors translated to ModelCallError."""
 
     def _sdk(self) -> Any:
-        if not self._lanes:
-            self._lanes = [self._make_sdk() for _ in range(self._lane_count)]
-        return self._lanes[next(self._next_lane) % len(self._lanes)]
+        # Lanes are made as calls come (about 20 ms each), so a run's first call does not wait for all of them.
+        turn = next(self._next_lane)
+        if len(self._lanes) < self._lane_count and turn >= len(self._lanes):
+            self._lanes.append(self._make_sdk())
+        return self._lanes[turn % len(self._lanes)]
 
     async def complete(
         self,

@@ -19,6 +19,7 @@ raw bytes, garbage included) and the box ends when the script returns or ``destr
 from __future__ import annotations
 
 import asyncio
+import collections
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 from sandboxes.backends.base import Backend, BackendFactory
@@ -32,10 +33,58 @@ from sandboxes.transport import ByteStream
 AgentScript = Callable[["MemoryAgent"], Awaitable[None]]
 
 
+class _Direction:
+    """One direction of a pipe: chunks in order, and a writer that waits while ``capacity`` bytes are
+    unread (as a socket's buffer fills when its reader stops), or never when capacity is None."""
+
+    def __init__(self, capacity: int | None) -> None:
+        self.capacity = capacity
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.unread = 0
+        self.taken = 0
+        self.writer_closed = False
+        self.reader_gone = False
+        self.changed = asyncio.Condition()
+
+    def _room(self) -> bool:
+        return self.capacity is None or self.unread < self.capacity
+
+    async def put(self, data: bytes) -> None:
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.writer_closed or self.reader_gone or self._room())
+            if self.writer_closed or self.reader_gone:
+                raise ConnectionResetError("the in-memory stream is closed")
+            self.chunks.append(data)
+            self.unread += len(data)
+            self.changed.notify_all()
+
+    async def get(self) -> bytes:
+        """The next chunk; b"" once the writer closed and everything was read, or the reader left."""
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.chunks or self.writer_closed or self.reader_gone)
+            if self.reader_gone or not self.chunks:
+                return b""
+            data = self.chunks.popleft()
+            self.unread -= len(data)
+            self.taken += len(data)
+            self.changed.notify_all()
+            return data
+
+    async def close(self, *, reader: bool) -> None:
+        async with self.changed:
+            if reader:
+                self.reader_gone = True
+                self.chunks.clear()
+                self.unread = 0
+            else:
+                self.writer_closed = True
+            self.changed.notify_all()
+
+
 class MemoryStream(ByteStream):
     """One end of an in-memory duplex pipe (see ``memory_pipe``)."""
 
-    def __init__(self, incoming: asyncio.Queue[bytes], outgoing: asyncio.Queue[bytes]) -> None:
+    def __init__(self, incoming: _Direction, outgoing: _Direction) -> None:
         self._incoming = incoming
         self._outgoing = outgoing
         self.closed = False
@@ -45,24 +94,28 @@ class MemoryStream(ByteStream):
             return b""
         return await self._incoming.get()
 
+    def delivered(self) -> int:
+        return self._outgoing.taken
+
     async def write(self, data: bytes) -> None:
         if self.closed:
             raise ConnectionResetError("the in-memory stream is closed")
         if data:
-            self._outgoing.put_nowait(bytes(data))
+            await self._outgoing.put(bytes(data))
 
     async def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self._outgoing.put_nowait(b"")  # the other end reads end of stream
-            self._incoming.put_nowait(b"")  # wake a read of our own in flight
+            await self._outgoing.close(reader=False)  # the other end reads end of stream
+            await self._incoming.close(reader=True)  # wakes a read of our own, and the other end's writes
 
 
-def memory_pipe() -> tuple[MemoryStream, MemoryStream]:
-    """Two connected streams: what one writes, the other reads."""
-    a: asyncio.Queue[bytes] = asyncio.Queue()
-    b: asyncio.Queue[bytes] = asyncio.Queue()
-    return MemoryStream(a, b), MemoryStream(b, a)
+def memory_pipe(agent_buffer: int | None = None) -> tuple[MemoryStream, MemoryStream]:
+    """Two connected streams, the controller's and the agent's: what one writes, the other reads.
+    ``agent_buffer``: bytes the agent may leave unread before the controller's writes wait."""
+    to_agent = _Direction(agent_buffer)
+    to_controller = _Direction(None)
+    return MemoryStream(to_controller, to_agent), MemoryStream(to_agent, to_controller)
 
 
 class MemoryAgent:
@@ -120,16 +173,20 @@ async def echo_agent(peer: MemoryAgent) -> None:
 
 class MemoryBackend(Backend):
     """A box whose agent is ``script`` running in this event loop. ``start_error`` makes start fail
-    with it; ``diagnosis`` is what ``diagnose`` says after the stream ends."""
+    with it; ``diagnosis`` is what ``diagnose`` says after the stream ends; ``agent_buffer`` is how
+    many bytes the script may leave unread before the controller's writes wait (unbounded by
+    default), so a script that stops reading is a box that stops reading."""
 
     name = "memory"
 
     def __init__(self, spec: SandboxSpec, box_id: str, script: AgentScript = echo_agent, *,
-                 start_error: BaseException | None = None, diagnosis: Diagnosis | None = None) -> None:
+                 start_error: BaseException | None = None, diagnosis: Diagnosis | None = None,
+                 agent_buffer: int | None = None) -> None:
         super().__init__(spec, box_id)
         self.script = script
         self.start_error = start_error
         self.diagnosis = diagnosis
+        self.agent_buffer = agent_buffer
         self.agent: MemoryAgent | None = None
         self._ours: MemoryStream | None = None
         self._task: asyncio.Task[None] | None = None
@@ -142,7 +199,7 @@ class MemoryBackend(Backend):
     async def start(self) -> ByteStream:
         if self.start_error is not None:
             raise self.start_error
-        ours, theirs = memory_pipe()
+        ours, theirs = memory_pipe(self.agent_buffer)
         self._ours = ours
         self.agent = MemoryAgent(theirs)
         self._task = asyncio.create_task(self._run(self.agent), name=f"memory-agent-{self.box_id}")

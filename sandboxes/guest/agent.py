@@ -33,7 +33,7 @@ from sandboxes.guest.box import OOM_EVENTS, PIDS_EVENTS, cgroup_counter, kill_st
 from sandboxes.guest.kernel import Kernel
 from sandboxes.guest.kernelproc import KernelProcess, launch
 from sandboxes.guest.link import Link, open_link
-from sandboxes.guest.output import DISPLAY_LIMIT, DISPLAY_MIMES, TRACEBACK_LIMIT, CappedText, fit_result
+from sandboxes.guest.output import DISPLAY_LIMIT, TRACEBACK_LIMIT, CappedText, display_item, fit_result
 from sandboxes.guest.protocol import LineBuffer, ProtocolError
 from sandboxes.guest.uploads import Uploads
 
@@ -66,7 +66,7 @@ class Agent:
         call_socket = str(self.process.call_socket)
         server = await asyncio.start_unix_server(self.calls.serve, path=call_socket,
                                                  limit=protocol.MAX_LINE_BYTES)
-        os.chmod(call_socket, 0o600)
+        os.chmod(call_socket, 0o660 if self.process.user else 0o600)  # the kernel may be another user
         self.kernel = Kernel(self.process, self.output_limit, self.owns_box)
         try:
             await self.kernel.connect()
@@ -193,9 +193,9 @@ class Agent:
             if kind == "stream":
                 (stdout if content.get("name") == "stdout" else stderr).add(content.get("text", ""))
             elif kind in ("display_data", "execute_result"):
-                item = {k: v for k, v in content.get("data", {}).items() if k in DISPLAY_MIMES}
+                item = display_item(content.get("data"))
                 size = sum(len(str(v)) for v in item.values())
-                if item and display_bytes + size <= DISPLAY_LIMIT:
+                if item and display_bytes + size <= DISPLAY_LIMIT and len(display) < protocol.MAX_DISPLAY_ITEMS:
                     display.append(item)
                     display_bytes += size
                 elif item:

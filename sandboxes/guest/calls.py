@@ -1,8 +1,10 @@
 """Guest calls from kernel code: the kernel's connections to the agent's call socket, each call
 forwarded to the controller under an id of the agent's, and each reply routed back to its caller.
 
-Kernel code may be hostile: a malformed or oversized request is answered with an error, a connection
-can wait only for the calls it made, and the number of connections is bounded.
+Kernel code may be hostile: a malformed or oversized request is answered with an error (so is a
+payload of more values than the controller decodes, ``protocol.MAX_CALL_VALUES``: refused here, its
+cost stays in the box), a connection can wait only for the calls it made, and the number of
+connections is bounded.
 """
 
 from __future__ import annotations
@@ -57,6 +59,11 @@ class CallRelay:
             if not isinstance(request, dict) or not isinstance(request.get("name"), str):
                 raise ProtocolError("malformed call")
             kernel_id = request.get("id")
+            if protocol.count_values(request.get("payload"), protocol.MAX_CALL_VALUES) > protocol.MAX_CALL_VALUES:
+                writer.write(json.dumps({"id": kernel_id, "ok": False, "error": (
+                    f"the payload holds more than {protocol.MAX_CALL_VALUES} values (lists, dicts, numbers and "
+                    "strings counted one by one): write large data to a file and pass its name")}).encode() + b"\n")
+                return
         except (ValueError, ProtocolError) as exc:
             writer.write(json.dumps({"id": None, "ok": False, "error": str(exc)}).encode() + b"\n")
             return

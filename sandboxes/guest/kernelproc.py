@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from sandboxes.guest.runtime import SOCKET_ENV
+from sandboxes.guest.users import SHARED_UMASK, KernelUser, split_users
 
 KERNEL_FLAGS = ("--HistoryManager.enabled=False", "--IPKernelApp.quiet=True", "--InteractiveShell.colors=nocolor")
 
@@ -23,9 +24,11 @@ KERNEL_FLAGS = ("--HistoryManager.enabled=False", "--IPKernelApp.quiet=True", "-
 class KernelProcess:
     """One ipykernel process on ipc transport in the agent's private folder. Respawnable."""
 
-    def __init__(self, workdir: Path, private: Path) -> None:
+    def __init__(self, workdir: Path, private: Path, user: KernelUser | None = None) -> None:
         self.workdir = workdir
         self.private = private
+        # The kernel's own user, when the agent split the box's users (see ``users``); else the agent's.
+        self.user = user
         self.call_socket = private / "calls.sock"
         self.connection_file = private / "kernel.json"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -34,7 +37,11 @@ class KernelProcess:
         info.update({name: port for port, name in enumerate(
             ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"), start=1)})
         self.connection_file.write_text(json.dumps(info))
-        self.connection_file.chmod(0o600)
+        # Readable by the kernel's user through the shared group; the folder is sticky, so the kernel
+        # can bind its sockets in it but not replace the agent's files.
+        self.connection_file.chmod(0o640 if user else 0o600)
+        if user:
+            private.chmod(0o1770)
 
     def env(self) -> dict[str, str]:
         """The kernel's environment: only what the agent was given, plus what the runtime needs."""
@@ -50,8 +57,12 @@ class KernelProcess:
         """Start the kernel process; returns at once (the agent's client connects later)."""
         argv = [sys.executable, "-m", "ipykernel_launcher", "-f", str(self.connection_file), *KERNEL_FLAGS]
         # A session of its own: interrupting or killing its process group reaches what the cell started.
+        as_user: dict[str, int] = {}
+        if self.user is not None:
+            as_user = {"user": self.user.uid, "group": self.user.gid, "umask": SHARED_UMASK}
         self.proc = subprocess.Popen(argv, cwd=self.workdir, env=self.env(), stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                                     **as_user)
 
     @property
     def pid(self) -> int | None:
@@ -88,9 +99,10 @@ def apply_rlimits(limits: dict[str, int]) -> None:
 
 def launch(config: dict) -> KernelProcess:
     """Make the working and private folders and start the kernel, from the agent's config."""
+    user = split_users(config.get("users"))
     apply_rlimits(config.get("rlimits") or {})
     workdir = Path(config.get("workdir") or os.getcwd()).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    kernel = KernelProcess(workdir, Path(tempfile.mkdtemp(prefix="sandbox-agent-")))
+    kernel = KernelProcess(workdir, Path(tempfile.mkdtemp(prefix="sandbox-agent-")), user)
     kernel.spawn()
     return kernel

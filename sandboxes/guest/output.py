@@ -8,10 +8,18 @@ from typing import Any
 from sandboxes.guest import protocol
 from sandboxes.guest.protocol import ProtocolError
 
-TRACEBACK_LIMIT = 64 * 1024
+TRACEBACK_LIMIT = protocol.MAX_ERROR_TEXT_CHARS
 DISPLAY_LIMIT = 2 * 1024 * 1024
-DISPLAY_MIMES = ("text/plain", "text/html", "text/markdown", "image/png", "image/jpeg", "image/svg+xml",
-                 "application/json")
+DISPLAY_MIMES = protocol.DISPLAY_MIMES
+
+
+def display_item(data: Any) -> dict[str, Any]:
+    """The parts of a kernel's display data the protocol carries: known MIME types, text (any JSON
+    for application/json). Kernel code may send anything; the rest is dropped here."""
+    if not isinstance(data, dict):
+        return {}
+    return {mime: value for mime, value in data.items()
+            if mime in DISPLAY_MIMES and (mime == "application/json" or isinstance(value, str))}
 
 
 class CappedText:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -23,6 +24,25 @@ MAX_LINE_BYTES = 8 * 1024 * 1024
 FILE_CHUNK_BYTES = 4 * 1024 * 1024
 
 STATUSES = ("ok", "error", "timeout", "kernel_restarted", "oom", "sandbox_lost")
+
+# Caps on the values inside a message, so that a message that passes the schema is also sane: every
+# number finite and in range (a float the size of 10**4200 would overflow where it is used), every
+# free-text field of bounded length, ``error`` and ``display`` of the documented shape.
+MAX_SECONDS = 10.0**7            # execute.timeout and result.duration: about 115 days
+MAX_OFFSET = 2**53               # put_file.offset: the largest integer a float holds exactly
+MAX_PATH_CHARS = 4096
+MAX_NOTICE_CHARS = 16 * 1024
+MAX_ERROR_NAME_CHARS = 1024
+MAX_ERROR_TEXT_CHARS = 64 * 1024  # an error's value and traceback, and a refused call's error
+MAX_VERSION_CHARS = 256
+MAX_DISPLAY_ITEMS = 1024
+DISPLAY_MIMES = ("text/plain", "text/html", "text/markdown", "image/png", "image/jpeg", "image/svg+xml",
+                 "application/json")
+# Values (containers and scalars, counted recursively) in one guest call's payload. Decoding costs
+# per value, not per byte (a million small integers take tens of times longer to decode than a
+# string of the same size), so the agent refuses bigger payloads inside the box, where kernel code
+# pays for its own excess, before they reach the controller. Large data belongs in files.
+MAX_CALL_VALUES = 50_000
 
 
 class ProtocolError(ValueError):
@@ -92,14 +112,19 @@ def decode(line: bytes | str, direction: frozenset[str] | None = None) -> dict[s
     ``direction`` restricts the accepted message types (e.g. the controller accepts only
     TO_CONTROLLER types from a box).
     """
+    message = parse(line)
+    validate(message, direction)
+    return message
+
+
+def parse(line: bytes | str) -> Any:
+    """JSON only (no NaN or Infinity), unchecked: ``decode`` is ``parse`` then ``validate``."""
     if len(line) > MAX_LINE_BYTES:
         raise ProtocolError("line exceeds the size cap")
     try:
-        message = json.loads(line, parse_constant=_refuse_constant)
+        return json.loads(line, parse_constant=_refuse_constant)
     except (ValueError, RecursionError) as exc:
         raise ProtocolError(f"not JSON: {exc.__class__.__name__}") from None
-    validate(message, direction)
-    return message
 
 
 def _refuse_constant(name: str) -> Any:
@@ -133,12 +158,94 @@ def validate(message: Any, direction: frozenset[str] | None = None) -> None:
     for field in ("id", "to"):
         if field in message and len(message[field]) > MAX_ID_CHARS:
             raise ProtocolError(f"{kind}: {field} too long")
-    if kind == "result" and message["status"] not in STATUSES:
-        raise ProtocolError(f"result: unknown status {message['status'][:40]!r}")
     if kind == "call" and len(message["name"]) > MAX_CALL_NAME_CHARS:
         raise ProtocolError("call: name too long")
-    if kind == "put_file" and message["offset"] < 0:
-        raise ProtocolError("put_file: negative offset")
+    _check_values(kind, message)
+
+
+def _number(kind: str, field: str, value: int | float, low: float, high: float) -> None:
+    # An int is compared as an int: float() of a huge one would overflow before the comparison.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ProtocolError(f"{kind}: {field} is not a finite number")
+    if not low <= value <= high:
+        raise ProtocolError(f"{kind}: {field} out of range [{low:g}, {high:g}]")
+
+
+def _text(kind: str, field: str, value: Any, limit: int) -> None:
+    if not isinstance(value, str):
+        raise ProtocolError(f"{kind}: {field} is not a string")
+    if len(value) > limit:
+        raise ProtocolError(f"{kind}: {field} longer than {limit} characters")
+
+
+def _check_values(kind: str, message: dict[str, Any]) -> None:
+    """Ranges, lengths and nested shapes: what a type check alone does not catch."""
+    if kind == "execute":
+        _number(kind, "timeout", message["timeout"], 0, MAX_SECONDS)
+        if message["timeout"] <= 0:
+            raise ProtocolError("execute: timeout must be positive")
+    elif kind == "put_file":
+        _number(kind, "offset", message["offset"], 0, MAX_OFFSET)
+        _text(kind, "path", message["path"], MAX_PATH_CHARS)
+    elif kind == "reply":
+        if "error" in message:
+            _text(kind, "error", message["error"], MAX_ERROR_TEXT_CHARS)
+    elif kind == "ready":
+        _number(kind, "protocol", message["protocol"], 0, 2**31)
+        versions = message["versions"]
+        if len(versions) > 64:
+            raise ProtocolError("ready: too many versions")
+        for key, value in versions.items():
+            _text(kind, "a versions key", key, MAX_VERSION_CHARS)
+            _text(kind, f"versions[{key[:40]!r}]", value, MAX_VERSION_CHARS)
+    elif kind == "result":
+        if message["status"] not in STATUSES:
+            raise ProtocolError(f"result: unknown status {message['status'][:40]!r}")
+        if "duration" in message:
+            _number(kind, "duration", message["duration"], 0, MAX_SECONDS)
+        if message.get("notice") is not None:
+            _text(kind, "notice", message["notice"], MAX_NOTICE_CHARS)
+        if message.get("error") is not None:
+            _check_error(message["error"])
+        if "display" in message:
+            _check_display(message["display"])
+
+
+def _check_error(error: dict[str, Any]) -> None:
+    """``{name, value, traceback}``, all strings (each optional), nothing else."""
+    for field, value in error.items():
+        if field not in ("name", "value", "traceback"):
+            raise ProtocolError(f"result: error has an unexpected field {str(field)[:40]!r}")
+        _text("result", f"error.{field}", value, MAX_ERROR_NAME_CHARS if field == "name" else MAX_ERROR_TEXT_CHARS)
+
+
+def _check_display(display: list[Any]) -> None:
+    """A list of ``{mime: data}`` items: known MIME types, data a string (any JSON for application/json)."""
+    if len(display) > MAX_DISPLAY_ITEMS:
+        raise ProtocolError(f"result: more than {MAX_DISPLAY_ITEMS} display items")
+    for item in display:
+        if not isinstance(item, dict) or not item:
+            raise ProtocolError("result: a display item is not a non-empty object")
+        for mime, data in item.items():
+            if mime not in DISPLAY_MIMES:
+                raise ProtocolError(f"result: display type {str(mime)[:40]!r} is not one of {', '.join(DISPLAY_MIMES)}")
+            if mime != "application/json" and not isinstance(data, str):
+                raise ProtocolError(f"result: display data for {mime} is not a string")
+
+
+def count_values(value: Any, limit: int) -> int:
+    """How many values (containers and scalars) ``value`` holds, counting stops past ``limit``."""
+    count = 0
+    stack = [value]
+    while stack and count <= limit:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.values())
+            count += len(item)  # the keys
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
 
 
 class LineBuffer:

@@ -57,7 +57,7 @@ async def test_garbage_is_rejected_and_channel_keeps_working() -> None:
     stream.push(b"x" * (protocol.MAX_LINE_BYTES + 10) + b"\n")       # oversized
     stream.push(b"\xff\xfe not json\n")                                # not JSON
     stream.push(b'{"type": "execute", "id": "1", "code": "", "timeout": 1}\n')  # wrong direction
-    stream.push(b'{"type": "result", "id": "nobody", "status": "ok"}\n')  # unknown id: ignored
+    stream.push(b'{"type": "result", "id": "nobody", "status": "ok"}\n')  # an answer to no request
     stream.push(b'{"type": "result", "id": "r1", "status": "ok", "evil": "__import__(\'os\')"}\n')
     stream.push({"type": "ready", "protocol": 1, "versions": {}})
     assert (await channel.ready(5))["protocol"] == 1
@@ -65,7 +65,7 @@ async def test_garbage_is_rejected_and_channel_keeps_working() -> None:
     await stream.wait_sent(lambda m: m.get("id") == "p1")
     stream.push({"type": "pong", "id": "p1"})
     assert (await waiting)["type"] == "pong"
-    assert channel.violations == 4
+    assert channel.violations == 5
     assert channel.lost is None
     await channel.close()
 

@@ -14,6 +14,7 @@ pytestmark = pytest.mark.docker
 
 class TestDockerRuncContract(SandboxContract):
     backend = "docker"
+    kernel_can_signal_agent = False
 
     def make_spec(self, **changes: Any) -> SandboxSpec:
         return SandboxSpec(backend="docker", **changes)
@@ -21,6 +22,7 @@ class TestDockerRuncContract(SandboxContract):
 
 class TestDockerRunscContract(SandboxContract):
     backend = "docker"
+    kernel_can_signal_agent = False
 
     @pytest.fixture(autouse=True)
     def _needs_runsc(self, docker_client: Any) -> None:

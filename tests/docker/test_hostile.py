@@ -226,16 +226,45 @@ async def test_host_environment_and_files_are_out_of_reach(runtime: str | None, 
         assert lines[3] == "[]"
 
 
-async def test_killing_the_agent_from_kernel_code(runtime: str | None, docker_client: Any) -> None:
+async def test_kernel_code_cannot_stop_or_kill_the_agent(runtime: str | None) -> None:
+    # The kernel is the agent's child but runs as a user of its own with no capability: every signal it
+    # sends to the agent is refused, and one to every process it can reach kills only its own.
     async with hostile_beside_neighbour(runtime) as (box, _):
-        r = await box.execute("import os, signal, time\nos.kill(os.getppid(), signal.SIGKILL)\ntime.sleep(30)",
-                              timeout=20)
-        assert r.status == "sandbox_lost", r
-        assert r.error is not None and "signal 9" in r.error.value, r.error
-        again = await box.execute("1")
-        assert again.status == "sandbox_lost"
-        name = box.backend.container_name
-    assert docker_client.containers.list(all=True, filters={"name": name}) == []
+        await box.execute("kept = 'yes'")
+        for signame in ("SIGSTOP", "SIGKILL", "SIGTERM"):
+            r = await box.execute(f"import os, signal\nos.kill(os.getppid(), signal.{signame})", timeout=20)
+            assert r.status == "error" and r.error is not None and r.error.name == "PermissionError", (signame, r)
+        r = await box.execute("import ctypes\nprint(ctypes.CDLL(None).ptrace(16, os.getppid(), 0, 0))")  # ATTACH
+        assert r.stdout == "-1\n", r
+        r = await box.execute(
+            "import subprocess\n"
+            "child = subprocess.Popen(['sleep', '600'])\n"
+            "try:\n"
+            "    os.kill(-1, signal.SIGKILL)\n"
+            "except OSError as e:\n"
+            "    print(type(e).__name__)\n"
+            "print(child.wait())\n", timeout=30)
+        assert r.status == "ok" and r.stdout.splitlines()[-1] == "-9", r  # its own child, and nothing else
+        after = await box.execute("print(kept)")
+        assert after.status == "ok" and after.stdout == "yes\n", after  # same agent, same kernel
+        stopped = await box.execute("os.kill(os.getpid(), signal.SIGSTOP)", timeout=3)
+        assert stopped.status in ("timeout", "kernel_restarted"), stopped  # the agent stays in charge
+        assert (await box.execute("print('on')")).stdout == "on\n"
+
+
+async def test_the_kernel_runs_as_another_user_with_no_capability(runtime: str | None) -> None:
+    async with hostile_beside_neighbour(runtime) as (box, _):
+        r = await box.execute(
+            "import os\n"
+            "def status(pid):\n"
+            "    return dict(l.split(':', 1) for l in open(f'/proc/{pid}/status').read().splitlines() if ':' in l)\n"
+            "me, agent = status('self'), status(os.getppid())\n"
+            "print(me['Uid'].split()[0], agent['Uid'].split()[0], os.getgroups())\n"
+            "print(*(int(me[k], 16) for k in ('CapInh', 'CapPrm', 'CapEff', 'CapBnd')))\n")
+        assert r.status == "ok", r
+        ids, caps = r.stdout.splitlines()
+        assert ids == "10001 10000 []", r.stdout
+        assert caps == "0 0 0 0", r.stdout
 
 
 # The kernel code of every RLM in the tree tries to pass itself off as another node: a made-up depth

@@ -41,20 +41,28 @@ async def test_hardening_applies_inside_the_box(runtime: str | None, docker_clie
         seen["_host"] = await asyncio.to_thread(host_view, box.backend.container_name)
         from sandboxes.backends.docker.backend import engine_pids_limit
 
-        failed = [f for f in hardening_findings(seen, 384, engine_pids_limit(spec)) if not f[1]]
+        findings = hardening_findings(seen, 384, engine_pids_limit(spec))
+        failed = [f for f in findings if not f[1]]
         assert not failed, failed
+        splits = {"kernel user differs from the agent's", "kernel holds no capability"}
+        assert splits <= {f[0] for f in findings}
+        # A kernel running as its agent's user, or holding a capability, fails those two checks.
+        as_agent = dict(seen, agent_uid=seen["uid"], cap_prm="00000000000000e0")
+        judged = {name: holds for name, holds, _ in hardening_findings(as_agent, 384, engine_pids_limit(spec))}
+        assert not any(judged[name] for name in splits), judged
         attrs = docker_client.api.inspect_container(box.backend.container_name)
     host = attrs["HostConfig"]
     assert host["NetworkMode"] == "none"
     assert host["ReadonlyRootfs"] is True
-    assert host["CapDrop"] == ["ALL"] and not host.get("CapAdd")
+    # Only what the agent needs to run the kernel as another user; it drops SETPCAP itself at start.
+    assert host["CapDrop"] == ["ALL"] and sorted(host["CapAdd"]) == ["KILL", "SETGID", "SETPCAP", "SETUID"]
     assert host["SecurityOpt"] == ["no-new-privileges"]
     assert host["Memory"] == host["MemorySwap"] == 384 * 1024 * 1024
     assert host["NanoCpus"] == 500_000_000
     assert host["Init"] is True
     assert host["Privileged"] is False
     assert {u["Name"]: u["Hard"] for u in host["Ulimits"]}["nofile"] == spec.nofile
-    assert attrs["Config"]["User"] == "10001:10001"
+    assert attrs["Config"]["User"] == "0:0"  # the agent splits the users at once (kernel 10001, agent 10000)
     assert (host.get("Runtime") or "runc") == (runtime or "runc")
     # The channel folder is the only host path in the box, and it is read-only.
     mounts = attrs["Mounts"]

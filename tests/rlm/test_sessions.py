@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 
 import pytest
 
 from rlm import Limits
 from rlm.testing import FakeRequest, Script, split
+from sandboxes.backends.docker.channel_dirs import CONTAINER_PREFIX
 from tests.conftest import box_processes
 
 LOOK = "Let me look.\n```repl\nprint(type(context).__name__, len(context))\n```"
@@ -91,28 +94,65 @@ def test_a_blocking_session_also_serves_acompletion_from_another_loop(server, ma
     assert (result.status, result.response) == ("final", "5y")
 
 
+def kill_box(environment: str, box_id: str) -> None:
+    """The box dies from outside (a crash, the host's OOM killer, an operator), as a fault would."""
+    if environment == "docker":
+        import docker
+
+        client = docker.from_env()
+        try:
+            client.containers.get(f"{CONTAINER_PREFIX}{box_id}").kill()
+        finally:
+            client.close()
+    else:
+        for pid in box_processes(box_id):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_a_lost_box_is_reported_and_the_next_completion_starts_again_and_says_so(server, make_rlm, environment):
+    boxes: list[str] = []
+
+    def watch(event: dict) -> None:
+        if event["event"] == "sandbox_ready":
+            boxes.append(event["box_id"])
+
+    def kill_then_code(request: FakeRequest) -> str:
+        kill_box(environment, boxes[-1])  # dies while the model thinks: the next cell finds it gone
+        return "```repl\nprint('after the kill')\n```"
+
     server.policy = split(Script([
-        LOOK, "```repl\nkept = 1\nimport os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n```",
-        LOOK, "```repl\ntry:\n    kept\nexcept NameError:\n    print('kept is gone')\n"
-              "print(context_0, context_1, context)\n```",
-        "FINAL(recovered)",
+        LOOK, "```repl\nkept = 1\n```", kill_then_code,
+        LOOK, "```repl\ntry:\n    kept\nexcept NameError:\n    print('kept is gone')\nkept = 2\n"
+              "print(context_0, context_1, context)\n```", "FINAL(recovered)",
+        LOOK, "```repl\nprint(sorted(k for k in globals() if k.startswith('context_')))\n```", "FINAL(again)",
     ]))
-    with make_rlm(persistent=True) as rlm:
+    with make_rlm(persistent=True, on_event=watch) as rlm:
         lost = rlm.completion("zero")
-        again = rlm.completion("one")
+        recovered = rlm.completion("one")
+        kill_box(environment, boxes[-1])  # dies between completions: found when the next one begins
+        third = rlm.completion("two")
+    # Lost during a completion: that completion ends with an error that says so, and an event.
     assert lost.status == "error"
     assert "sandbox was lost" in lost.message and "next completion" in lost.message
     [gone] = events(lost, "sandbox_lost")
-    assert (again.status, again.response) == ("final", "recovered")
-    [ready] = events(again, "sandbox_ready")
-    assert ready["new"] is True and ready["box_id"] != gone["box_id"] and ready["contexts"] == 2
-    opening = roots(server)[2].last_user  # the second completion's first request
+    assert gone["box_id"] == boxes[0]
+    # The next completion starts a new box with every context, and the model is told up front.
+    assert (recovered.status, recovered.response) == ("final", "recovered")
+    [ready] = events(recovered, "sandbox_ready")
+    assert ready["new"] is True and ready["box_id"] == boxes[1] != boxes[0] and ready["contexts"] == 2
+    opening = roots(server)[3].last_user  # the second completion's first request
     assert "every variable you defined is gone" in opening
-    cell = [e for e in events(again, "cell")][-1]
+    cell = events(recovered, "cell")[1]
     assert "kept is gone" in cell["stdout"] and "zero one one" in cell["stdout"]
-    assert_box_gone(environment, gone["box_id"])
-    assert_box_gone(environment, ready["box_id"])
+    # Lost between completions: found while the third one begins; the model is told after its first cell.
+    assert (third.status, third.response) == ("final", "again")
+    [ready] = events(third, "sandbox_ready")
+    assert ready["new"] is True and ready["box_id"] == boxes[2] and ready["contexts"] == 3
+    notices = [e["text"] for e in events(third, "notice")]
+    assert any("every variable you defined is gone" in n for n in notices)
+    assert "['context_0', 'context_1', 'context_2']" in events(third, "cell")[1]["stdout"]
+    for box_id in boxes:
+        assert_box_gone(environment, box_id)
 
 
 def test_session_settings_are_checked(make_rlm):

@@ -116,6 +116,9 @@ class TextStream(ByteStream):
 
     # --- outbound: channel -> provider stdin --------------------------------------------------
 
+    def delivered(self) -> int:
+        return self.bytes_out
+
     async def write(self, data: bytes) -> None:
         async with self._out_changed:
             await self._out_changed.wait_for(

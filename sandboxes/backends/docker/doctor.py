@@ -26,8 +26,8 @@ def _read(path):
             return f.read()
     except OSError:
         return None
-def _status(key):
-    for line in (_read("/proc/self/status") or "").splitlines():
+def _status(key, pid="self"):
+    for line in (_read(f"/proc/{pid}/status") or "").splitlines():
         if line.startswith(key + ":"):
             return line.split(":", 1)[1].strip()
 def _writable(path):
@@ -46,7 +46,9 @@ def _first(*paths):
 routes = [l for l in (_read("/proc/net/route") or "").splitlines()[1:] if l.strip()]
 print(json.dumps({
     "uid": os.getuid(), "gid": os.getgid(),
-    "cap_eff": _status("CapEff"), "cap_bnd": _status("CapBnd"),
+    "agent_uid": int((_status("Uid", os.getppid()) or "-1").split()[0]),
+    "cap_eff": _status("CapEff"), "cap_bnd": _status("CapBnd"), "cap_prm": _status("CapPrm"),
+    "cap_inh": _status("CapInh"), "cap_amb": _status("CapAmb"),
     "no_new_privs": str(__import__("ctypes").CDLL(None).prctl(39, 0, 0, 0, 0)),  # PR_GET_NO_NEW_PRIVS
     "root_writable": _writable("/"), "usr_writable": _writable("/usr"),
     "home_writable": _writable(os.path.expanduser("~")), "tmp_writable": _writable("/tmp"),
@@ -102,8 +104,13 @@ def hardening_findings(seen: dict[str, Any], memory_mb: int, pids: int) -> list[
     mb = 1024 * 1024
     out: list[tuple[str, bool, str]] = []
     out.append(("non-root user", seen["uid"] != 0 and seen["gid"] != 0, f"uid {seen['uid']}, gid {seen['gid']}"))
-    cap = seen.get("cap_eff")
-    out.append(("no capabilities", cap is not None and int(cap, 16) == 0, f"CapEff {cap}"))
+    out.append(("kernel user differs from the agent's", seen.get("agent_uid") not in (None, -1, seen["uid"]),
+                f"kernel uid {seen['uid']}, agent uid {seen.get('agent_uid')}"))
+    sets = {name: seen.get(f"cap_{name.lower()[3:]}") for name in ("CapEff", "CapPrm", "CapInh", "CapBnd", "CapAmb")}
+    # gVisor shows no ambient set; every other set must be there, and empty.
+    held = {name: v for name, v in sets.items() if (v is None and name != "CapAmb") or (v is not None and int(v, 16))}
+    out.append(("kernel holds no capability", not held,
+                ", ".join(f"{name} {v}" for name, v in sets.items() if v is not None)))
     out.append(("no-new-privileges", seen.get("no_new_privs") == "1", f"NoNewPrivs {seen.get('no_new_privs')}"))
     out.append(("read-only root", not seen["root_writable"] and not seen["usr_writable"],
                 f"/ writable: {seen['root_writable']}, /usr writable: {seen['usr_writable']}"))
