@@ -25,9 +25,11 @@ import structlog
 
 from sandboxes import cleanup
 from sandboxes.cancellation import finish
-from sandboxes.channel import Channel, Handler
+from sandboxes.channel import PROBE_INTERVAL_S, Channel, Handler, write_timeout
 from sandboxes.errors import SandboxClosed, SandboxError, SandboxLost, SandboxStartError
 from sandboxes.guest import protocol
+from sandboxes.guest.kernel import KERNEL_READY_TIMEOUT
+from sandboxes.guest.protocol import ProtocolError
 from sandboxes.results import ExecError, ExecResult
 from sandboxes.spec import SandboxSpec
 from sandboxes.admission import StartQueue, start_queue
@@ -41,8 +43,12 @@ log = structlog.get_logger("sandboxes")
 
 # How a backend's diagnosis says the box ran out of memory (see Backend.diagnose).
 _OOM_WORDS = re.compile(r"\bout of memory\b|\boom\b", re.IGNORECASE)
-# Slack on top of a cell's own timeout + grace + a kernel restart before the agent counts as gone.
-EXECUTE_SLACK_S = 5.0
+# How long after its timeout and grace period a cell's answer may take: the agent's own bounds on a
+# kernel restart (waiting for the killed kernel, then the new one to answer and to run its setup,
+# each bounded by KERNEL_READY_TIMEOUT) and slack. This is only a backstop: while it waits, the channel
+# checks that the agent answers, so a stopped or wedged agent is found within seconds, whatever the
+# deadline (Channel.wait_alive).
+RESTART_ALLOWANCE_S = 5.0 + 2 * KERNEL_READY_TIMEOUT + 5.0
 SHUTDOWN_WAIT_S = 1.0
 
 
@@ -135,15 +141,20 @@ class Sandbox:
             if self._loss is not None:
                 return await self._lost_result()
             request_id = self.channel.new_id("x")
-            wait = timeout + self.spec.kill_grace_s + self.spec.startup_timeout_s + EXECUTE_SLACK_S
+            wait = timeout + self.spec.kill_grace_s + RESTART_ALLOWANCE_S
             try:
                 message = await self.channel.request(
-                    {"type": "execute", "id": request_id, "code": code, "timeout": timeout}, wait)
+                    {"type": "execute", "id": request_id, "code": code, "timeout": timeout}, wait,
+                    watch=min(timeout, PROBE_INTERVAL_S))
             except TimeoutError:
                 self._on_lost(f"the agent did not answer within {wait:g} s of the cell's start")
                 return await self._lost_result()
             except SandboxLost:
                 return await self._lost_result()
+            except ProtocolError as exc:
+                return ExecResult(status="error", error=ExecError("SandboxProtocolError", str(exc), ""),
+                                  notice="The box's answer to this cell broke the protocol and was dropped; "
+                                         "the cell's output is unknown.")
             except asyncio.CancelledError:
                 # The caller gave up: stop the cell rather than leave it running.
                 if self._loss is None:
@@ -178,20 +189,26 @@ class Sandbox:
         if self._loss is not None:
             raise SandboxLost(self._loss[1])
         upload_id = self.channel.new_id("f")
-        total = 0
+        # Base64 makes the bytes sent 4/3 of the file's; each chunk's write has its own deadline too.
+        deadline = write_timeout(_size(data) * 4 // 3)
         done = self.channel.expect(upload_id)
         try:
-            for offset, chunk, last in _chunks(data):
-                await self.channel.send({"type": "put_file", "id": upload_id, "path": path,
-                                         "chunk": protocol.b64encode(chunk), "offset": offset, "last": last})
-                total = offset + len(chunk)
-                if done.done():  # the agent refused early
-                    break
-            reply = await asyncio.wait_for(done, 30.0 + total / 10e6)
+            async with asyncio.timeout(deadline):
+                for offset, chunk, last in _chunks(data):
+                    await self.channel.send({"type": "put_file", "id": upload_id, "path": path,
+                                             "chunk": protocol.b64encode(chunk), "offset": offset, "last": last})
+                    if done.done():  # the agent refused early
+                        break
+                reply = await self.channel.wait_alive(done)
         except TimeoutError:
-            raise SandboxError(f"uploading {path} ({total} bytes) got no answer from the agent") from None
+            self._on_lost(f"uploading {path} did not finish within {deadline:g} s")
+            raise SandboxLost(self._loss[1] if self._loss else "the upload timed out") from None
+        except ProtocolError as exc:
+            raise SandboxError(f"uploading {path}: {exc}") from None
         finally:
             self.channel.forget(upload_id)
+            if done.done() and not done.cancelled():
+                done.exception()  # retrieved: a send that failed first already said why
         if reply["status"] != "ok":
             err = reply.get("error") or {}
             raise SandboxError(f"could not write {path} in the box: {err.get('name')}: {err.get('value')}")
@@ -225,6 +242,9 @@ class Sandbox:
         self._on_lost(f"the box reached its lifetime of {self.spec.lifetime_s:g} s and was destroyed")
 
     def _on_lost(self, reason: str) -> None:
+        if self._closing is not None:  # closing already destroys the box: only record why it failed
+            self._loss = self._loss or ("sandbox_lost", reason)
+            return
         if self._loss_task is None:
             self._loss = ("sandbox_lost", reason)
             self._loss_task = asyncio.ensure_future(self._handle_loss(reason))
@@ -349,6 +369,10 @@ def _write_readable(path: Path, data: bytes | bytearray | memoryview) -> None:
         handle.write(data)
     os.chmod(temporary, 0o644)
     os.replace(temporary, path)
+
+
+def _size(data: bytes | bytearray | memoryview | os.PathLike[str]) -> int:
+    return os.stat(data).st_size if isinstance(data, os.PathLike) else memoryview(data).nbytes
 
 
 def _chunks(data: bytes | bytearray | memoryview | os.PathLike[str]):  # type: ignore[no-untyped-def]
