@@ -18,7 +18,7 @@ import os
 import re
 import time
 import uuid
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Hashable, Mapping, Union
 
 import structlog
@@ -30,6 +30,7 @@ from sandboxes.errors import SandboxClosed, SandboxError, SandboxLost, SandboxSt
 from sandboxes.guest import protocol
 from sandboxes.guest.kernel import KERNEL_READY_TIMEOUT
 from sandboxes.guest.protocol import ProtocolError
+from sandboxes.guest.uploads import inside_parts
 from sandboxes.results import ExecError, ExecResult
 from sandboxes.spec import SandboxSpec
 from sandboxes.admission import StartQueue, start_queue
@@ -41,8 +42,6 @@ if TYPE_CHECKING:  # the core only calls a backend's methods; it never imports a
 
 log = structlog.get_logger("sandboxes")
 
-# How a backend's diagnosis says the box ran out of memory (see Backend.diagnose).
-_OOM_WORDS = re.compile(r"\bout of memory\b|\boom\b", re.IGNORECASE)
 # How long after its timeout and grace period a cell's answer may take: the agent's own bounds on a
 # kernel restart (waiting for the killed kernel, then the new one to answer and to run its setup,
 # each bounded by KERNEL_READY_TIMEOUT) and slack. This is only a backstop: while it waits, the channel
@@ -180,12 +179,18 @@ class Sandbox:
     async def put_file(self, path: str, data: bytes | bytearray | memoryview | os.PathLike[str]) -> None:
         """Write ``data`` (bytes, or a local file given as a Path) to ``path`` in the box.
 
-        Relative paths are relative to the kernel's working folder. Sent in chunks, so size is bounded
-        only by the box's disk.
+        Relative paths are relative to the kernel's working folder; a path outside it (absolute
+        elsewhere, or climbing out with ``..``) is refused with ValueError, here and again by the agent,
+        which also follows no symbolic link. Sent in chunks, so size is bounded only by the box's disk.
         """
         self._check_open()
         if isinstance(data, str):
             raise TypeError("put_file takes bytes, or a pathlib.Path naming a local file to upload")
+        try:
+            inside_parts(PurePosixPath(self.workdir or "/"), path)
+        except ValueError as exc:
+            raise ValueError(f"put_file writes only inside the box's working folder: {exc}; give a path "
+                             "relative to it") from None
         if self._loss is not None:
             raise SandboxLost(self._loss[1])
         upload_id = self.channel.new_id("f")
@@ -254,8 +259,8 @@ class Sandbox:
             why = await asyncio.wait_for(self.backend.diagnose(), 10.0)
         except Exception:
             why = None
-        if why:
-            self._loss = ("oom" if _OOM_WORDS.search(why) else "sandbox_lost", f"{reason}: {why}")
+        if why is not None:  # the status is the diagnosis's kind, a fact; its text is for humans
+            self._loss = (why.status, f"{reason}: {why.detail}")
         log.warning("sandbox_lost", box_id=self.box_id, status=self._loss[0], reason=self._loss[1])
         await self.channel.close()
         await self.backend.destroy()
@@ -348,7 +353,8 @@ async def _abort_start(backend: "Backend", channel: Channel | None) -> str | Non
     async def teardown() -> str | None:
         reason = None
         with contextlib.suppress(Exception):
-            reason = await asyncio.wait_for(backend.diagnose(), 5.0)
+            why = await asyncio.wait_for(backend.diagnose(), 5.0)
+            reason = why.detail if why is not None else None
         if channel is not None:
             with contextlib.suppress(Exception):
                 await channel.close()

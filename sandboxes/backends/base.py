@@ -87,7 +87,7 @@ BackendFactory = typing.Callable[[SandboxSpec, str], Backend]
 
 
 def agent_config(spec: SandboxSpec, workdir: str, owns_box: bool = False, *,
-                 rlimits: dict[str, int] | None = None) -> dict[str, Any]:
+                 rlimits: dict[str, int] | None = None, users: dict[str, int] | None = None) -> dict[str, Any]:
     """The settings the agent needs, passed to it as one JSON argument."""
     config: dict[str, Any] = {
         "workdir": workdir,
@@ -98,19 +98,24 @@ def agent_config(spec: SandboxSpec, workdir: str, owns_box: bool = False, *,
     }
     if rlimits:
         config["rlimits"] = rlimits
+    if users:
+        config["users"] = users
     return config
 
 
 def agent_argv(python: str, spec: SandboxSpec, workdir: str, connect: str | None,
-               owns_box: bool = False, *, rlimits: dict[str, int] | None = None) -> list[str]:
+               owns_box: bool = False, *, rlimits: dict[str, int] | None = None,
+               users: dict[str, int] | None = None) -> list[str]:
     """The agent's command line. ``connect`` is a Unix socket path, or None to speak on stdin/stdout.
 
     ``owns_box``: the box holds nothing but the agent and what it starts (a container), so the agent
     may kill every other process in it when it restarts the kernel. Never for the local backend.
     ``rlimits``: limits (``{"AS": bytes, ...}``) the agent sets on itself before it starts the kernel.
+    ``users``: ``{"agent": uid, "kernel": uid, "group": gid}`` for an agent started as root with the
+    capabilities to switch users: it runs the kernel as a user of its own (``sandboxes.guest.users``).
     """
     argv = [python, "-m", "sandboxes.guest", "--config",
-            json.dumps(agent_config(spec, workdir, owns_box, rlimits=rlimits))]
+            json.dumps(agent_config(spec, workdir, owns_box, rlimits=rlimits, users=users))]
     if connect is None:
         argv.append("--stdio")
     else:

@@ -6,10 +6,15 @@ the agent connects, so start-up waits on the agent's connection, never on pollin
 
 Every hardening default is on unless the spec loosens it: no network (``network="bridge"`` is the only
 way to get one), read-only root filesystem, the working folder and /tmp on size-capped tmpfs (which
-counts against the memory limit, so a full disk cannot hurt the host), a non-root user, all
-capabilities dropped, no-new-privileges, limits on processes, memory (memory+swap equal, so no swap),
+counts against the memory limit, so a full disk cannot hurt the host), the kernel as a non-root
+user with no capability, no-new-privileges, limits on processes, memory (memory+swap equal, so no swap),
 CPU, open files and file size, a capped log, and an init process. Nothing of the host's environment
 enters the box: only ``spec.env``.
+
+Kernel code cannot touch the agent: the container starts as root-in-container with only SETUID,
+SETGID, KILL and SETPCAP; the agent empties the bounding set, becomes the agent user keeping only
+SETUID, SETGID and KILL, and runs the kernel as another user with no capability at all (see
+``sandboxes.guest.users``). A signal, ptrace or renice from kernel code to the agent fails with EPERM.
 
 Blocking docker-py calls run in a thread pool of this module, never on the event loop.
 """
@@ -41,8 +46,13 @@ from sandboxes.transport import ByteStream, UnixListener
 
 log = structlog.get_logger("sandboxes.docker")
 
-# Paths inside the box, as laid out by images/Dockerfile.
-BOX_USER = "10001:10001"
+# Users and paths inside the box, as laid out by images/Dockerfile. The container starts as root with
+# the capabilities below and nothing else; the agent then splits the users (sandboxes.guest.users).
+START_USER = "0:0"
+AGENT_UID = 10000
+KERNEL_UID = 10001
+BOX_GID = 10001
+START_CAPS = ["SETUID", "SETGID", "KILL", "SETPCAP"]
 BOX_PYTHON = "/opt/kernel/bin/python"
 BOX_WORKDIR = "/home/sandbox"
 BOX_CHANNEL_DIR = "/run/sandbox"
@@ -106,10 +116,11 @@ def container_config(spec: SandboxSpec, box_id: str, channel_dir: str) -> dict[s
     environment.setdefault("LANG", "C.UTF-8")
     return {
         "image": spec.image or default_image(),
-        "command": agent_argv(BOX_PYTHON, spec, BOX_WORKDIR, f"{BOX_CHANNEL_DIR}/{SOCKET_NAME}", owns_box=True),
+        "command": agent_argv(BOX_PYTHON, spec, BOX_WORKDIR, f"{BOX_CHANNEL_DIR}/{SOCKET_NAME}", owns_box=True,
+                              users={"agent": AGENT_UID, "kernel": KERNEL_UID, "group": BOX_GID}),
         "name": CONTAINER_PREFIX + box_id,
         "hostname": "sandbox",
-        "user": BOX_USER,
+        "user": START_USER,
         "working_dir": BOX_WORKDIR,
         "environment": environment,
         "labels": labels,
@@ -117,12 +128,14 @@ def container_config(spec: SandboxSpec, box_id: str, channel_dir: str) -> dict[s
             "network_mode": "none" if spec.network == "none" else "bridge",
             "read_only": True,
             "tmpfs": {
-                BOX_WORKDIR: f"rw,nosuid,nodev,size={spec.disk_mb}m,uid=10001,gid=10001,mode=0700",
+                # The kernel's, shared with the agent through the group (runc takes the image folder's mode).
+                BOX_WORKDIR: f"rw,nosuid,nodev,size={spec.disk_mb}m,uid={KERNEL_UID},gid={BOX_GID},mode=0770",
                 "/tmp": f"rw,nosuid,nodev,noexec,size={tmp_mb}m,mode=1777",
             },
             "shm_size": tmp_mb * mb,
             "mounts": [Mount(target=BOX_CHANNEL_DIR, source=channel_dir, type="bind", read_only=True)],
             "cap_drop": ["ALL"],
+            "cap_add": START_CAPS,
             "security_opt": ["no-new-privileges"],
             "pids_limit": engine_pids_limit(spec),
             "mem_limit": spec.memory_mb * mb,
