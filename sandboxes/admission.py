@@ -32,9 +32,10 @@ from typing import AsyncIterator, Callable, Hashable
 
 ENV_VAR = "RLM_SANDBOX_START_CONCURRENCY"
 # Starts at once per provider when the environment does not say. Docker and local starts spend this
-# machine's CPU (engine, agent, kernel): measured with benchmarks/burst.py, two per core gives the best
-# throughput. Modal and E2B start boxes on their own machines.
-PER_CORE = 2
+# machine's CPU (engine, container runtime, agent, kernel): measured with benchmarks/burst.py on two
+# cores, one start per core gave the best throughput (24 runs: 0.43 runs/s with 1 at once, 0.78 with 2,
+# 0.63 with 4, 0.49 with 8). Modal and E2B start boxes on their own machines.
+PER_CORE = 1
 DEFAULT_CONCURRENCY = {"modal": 32, "e2b": 32}
 
 
