@@ -33,6 +33,7 @@ from sandboxes.guest.box import OOM_EVENTS, PIDS_EVENTS, cgroup_counter, kill_st
 from sandboxes.guest.kernel import Kernel
 from sandboxes.guest.kernelproc import KernelProcess, launch
 from sandboxes.guest.link import Link, open_link
+from sandboxes.guest.memory_watch import MemoryWatch
 from sandboxes.guest.output import DISPLAY_LIMIT, TRACEBACK_LIMIT, CappedText, display_item, fit_result
 from sandboxes.guest.protocol import LineBuffer, ProtocolError
 from sandboxes.guest.uploads import Uploads
@@ -59,6 +60,8 @@ class Agent:
         self.uploads = Uploads(self.workdir, link.send)
         self.calls = CallRelay(link.send)
         self.tasks: set[asyncio.Task[Any]] = set()
+        # Where the box's memory is visible to it (gVisor), the kernel is stopped before the box's limit.
+        self.memory_watch = MemoryWatch.for_box(config.get("memory_mb"), self.kill_kernel_side)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -68,6 +71,8 @@ class Agent:
                                                  limit=protocol.MAX_LINE_BYTES)
         os.chmod(call_socket, 0o660 if self.process.user else 0o600)  # the kernel may be another user
         self.kernel = Kernel(self.process, self.output_limit, self.owns_box)
+        if self.memory_watch is not None:
+            self.memory_watch.start()
         try:
             await self.kernel.connect()
             import ipykernel
@@ -91,6 +96,8 @@ class Agent:
                 worker.cancel()
         finally:
             server.close()
+            if self.memory_watch is not None:
+                self.memory_watch.stop()
             for task in list(self.tasks):
                 task.cancel()
             await self.kernel.shutdown()
@@ -136,11 +143,16 @@ class Agent:
     async def execute_worker(self) -> None:
         while True:
             request = await self.executions.get()
+            if self.memory_watch is not None:
+                self.memory_watch.busy = True
             try:
                 result = await self.execute(request["code"], float(request["timeout"]))
             except Exception as exc:  # a bug or a dead kernel that would not restart
                 result = {"status": "error", "error": {"name": "SandboxAgentError", "value": str(exc)[:2000],
                                                         "traceback": ""}}
+            finally:
+                if self.memory_watch is not None:
+                    self.memory_watch.busy = False
             result.update({"type": "result", "id": request["id"]})
             notice = result.get("notice")
             if self.pending_notice:
@@ -247,6 +259,8 @@ class Agent:
         oom_now = cgroup_counter(OOM_EVENTS)
         oomed = rose(self.oom_seen, oom_now)
         self.oom_seen = oom_now
+        if self.memory_watch is not None and self.memory_watch.take_fired():
+            oomed = True
         await kernel.restart()
         if oomed:
             return "oom", ("The kernel ran out of memory and was killed; a new kernel was started:"
@@ -255,6 +269,18 @@ class Agent:
             f" (exit code {code})" if code is not None else "")
         return "kernel_restarted", (f"The kernel process died{how}; a new kernel was started:"
                                     " variables from earlier cells are gone.")
+
+
+    def kill_kernel_side(self) -> None:
+        """SIGKILL the kernel's processes (from the memory watch's thread): in a box the agent owns,
+        every process but the agent and init, so children that left the kernel's group go too."""
+        if self.owns_box:
+            try:
+                os.kill(-1, signal.SIGKILL)
+            except OSError:
+                pass
+        else:
+            self.process.signal(signal.SIGKILL)
 
 
 async def _main(args: argparse.Namespace, process: KernelProcess) -> None:

@@ -30,13 +30,9 @@ async def test_fork_bomb(runtime: str | None) -> None:
                 "    except OSError:\n"
                 "        pass\n")
         r = await box.execute(bomb, timeout=4)
-        if runtime == "runsc" and r.status == "oom":
-            # Under gVisor the copies can exhaust the memory of the one host process that is the
-            # whole box before they reach the process limit: the box is gone, and says why.
-            assert r.error is not None and "out of memory" in r.error.value, r
-            assert (await box.execute("1")).status == "oom"
-            return
-        assert r.status in ("timeout", "kernel_restarted"), r
+        # Under gVisor the copies can fill the box's memory before they reach the process limit; the
+        # agent then stops them all before the box's limit, as it does a memory bomb: `oom`.
+        assert r.status in ("timeout", "kernel_restarted", "oom"), r
         assert r.notice, r
         # The box carries on: the bomb's processes are gone and a new cell can fork again.
         after = await box.execute("import subprocess\nprint(subprocess.run(['true']).returncode)", timeout=30)
@@ -53,13 +49,9 @@ async def test_fork_bomb_that_escapes_the_process_group(runtime: str | None) -> 
                 "    except OSError:\n"
                 "        pass\n")
         r = await box.execute(bomb, timeout=4)
-        if runtime == "runsc" and r.status == "oom":
-            # As in test_fork_bomb: gVisor's one host process can run out of memory first.
-            assert r.error is not None and "out of memory" in r.error.value, r
-            return
-        assert r.status in ("timeout", "kernel_restarted"), r
+        assert r.status in ("timeout", "kernel_restarted", "oom"), r  # oom: as in test_fork_bomb
         # The copies left their process group, so the interrupt missed them; the agent clears them.
-        assert r.notice and "process limit" in r.notice, r
+        assert r.notice and ("process limit" in r.notice or r.status == "oom"), r
         after = await box.execute("import subprocess\nprint(subprocess.run(['true']).returncode)", timeout=30)
         assert after.status == "ok" and after.stdout.endswith("0\n"), after
 
@@ -70,17 +62,13 @@ async def test_memory_bomb(runtime: str | None) -> None:
         r = await box.execute("blocks = []\nwhile True:\n    blocks.append(b'\\x01' * (8 << 20))", timeout=60)
         assert r.status == "oom", r
         assert r.notice and ("memory" in r.notice.lower()), r
-        if runtime is None:
-            # runc: only the kernel was killed; the box carries on with a new kernel.
-            nxt = await box.execute("print('kept' in globals())")
-            assert nxt.status == "ok" and nxt.stdout == "False\n", nxt
-            assert nxt.notice and "restarted" in nxt.notice
-        else:
-            # gVisor: the whole box is one host process in one memory cgroup, so the engine's OOM kill
-            # takes the box, not only the kernel. The box is gone, and every later cell says why.
-            nxt = await box.execute("print('kept' in globals())")
-            assert nxt.status == "oom", nxt
-            assert nxt.notice and "open a new sandbox" in nxt.notice, nxt
+        # Only the kernel was stopped (under runc by the box's cgroup; under gVisor, where that would take
+        # the whole box, by the agent before the box's limit): a new kernel runs the next cell.
+        nxt = await box.execute("print('kept' in globals())")
+        assert nxt.status == "ok" and nxt.stdout == "False\n", nxt
+        assert nxt.notice and "restarted" in nxt.notice
+        again = await box.execute("blocks = [b'\\x01' * (8 << 20) for _ in range(4)]\nprint(len(blocks))")
+        assert again.status == "ok" and again.stdout == "4\n", again  # and memory is there to use
 
 
 async def test_filling_the_disk(runtime: str | None) -> None:
