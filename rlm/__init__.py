@@ -18,7 +18,7 @@ import dataclasses
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Coroutine
 
 from sandboxes.logs import get_logger, quiet_by_default
 
@@ -260,10 +260,8 @@ class RLM:
         """Answer ``root_prompt`` over the context ``prompt``. Blocks; see ``acompletion``."""
         if self.persistent:
             _check_context(prompt, root_prompt)
-            if self._session is None:
-                runner = LoopThread()
-                self._session = Session(runner.loop, self._spec(), runner)
-            return self._in_session(lambda session: session.run_blocking, prompt, root_prompt)
+            session = self._live_session() or self._new_session(None)
+            return session.run_blocking(self._turn(session, prompt, root_prompt))
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -281,9 +279,8 @@ class RLM:
         """
         _check_context(prompt, root_prompt)
         if self.persistent:
-            if self._session is None:
-                self._session = Session(asyncio.get_running_loop(), self._spec())
-            return await self._in_session(lambda session: session.run_async, prompt, root_prompt)
+            session = self._live_session() or self._new_session(asyncio.get_running_loop())
+            return await session.run_async(self._turn(session, prompt, root_prompt))
         return await self._run(prompt, root_prompt, self.limits)
 
     def _spec(self) -> "SandboxSpec":
@@ -292,10 +289,26 @@ class RLM:
         return SandboxSpec(backend=self.environment, cell_timeout_s=self.limits.cell_timeout_s,
                            **self.environment_kwargs)
 
-    def _in_session(self, runner: Callable[[Session], Any], prompt: Any, root_prompt: str | None) -> Any:
-        """Run one completion of the session on the session's loop (``runner`` picks blocking or async)."""
+    def _live_session(self) -> Session | None:
+        """The current session; refused (and its box destroyed) when the loop it lives on has ended."""
         session = self._session
-        assert session is not None
+        if session is not None and session.loop_ended:
+            self._session = None
+            session.destroy_now()
+            raise RuntimeError("the event loop this persistent RLM's session was opened on has ended (each "
+                               "asyncio.run() is a new loop), and its box went with it. Keep a session inside one "
+                               "event loop (`async with RLM(..., persistent=True) as rlm:`), or use the blocking "
+                               "completion(); the next call starts a new session")
+        return session
+
+    def _new_session(self, loop: asyncio.AbstractEventLoop | None) -> Session:
+        """A session on ``loop`` (the caller's), or on a private loop thread for blocking calls."""
+        runner = LoopThread() if loop is None else None
+        self._session = Session(runner.loop if runner else loop, self._spec(), runner)  # type: ignore[arg-type]
+        return self._session
+
+    def _turn(self, session: Session, prompt: Any, root_prompt: str | None) -> Callable[[], Coroutine[Any, Any, RLMResult]]:
+        """One completion of the session, to run on the session's loop."""
 
         async def turn() -> RLMResult:
             async with session.lock:
@@ -310,12 +323,7 @@ class RLM:
                     result.message = f"{notes[result.status]}: {result.message}"
                 return result
 
-        try:
-            return runner(session)(turn)
-        except RuntimeError:
-            if self._session is session and (session.loop.is_closed() or not session.loop.is_running()):
-                self._session = None  # its loop ended and took the box along: the next call starts afresh
-            raise
+        return turn
 
     def close(self) -> None:
         """End the session of a persistent RLM: destroy its box (no-op otherwise). The RLM stays usable:

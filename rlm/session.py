@@ -71,9 +71,12 @@ class Session:
 
     # -- running on the session's loop ---------------------------------------------------------------
 
+    @property
+    def loop_ended(self) -> bool:
+        return self.loop.is_closed() or not self.loop.is_running()
+
     def run_blocking(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run ``make()`` on the session's loop from blocking code."""
-        self._check_alive()
         if _running_loop() is self.loop:
             raise RuntimeError("this persistent RLM's box lives on the running event loop (its session began "
                                "with acompletion), and a blocking completion() here would wait on itself: "
@@ -82,18 +85,9 @@ class Session:
 
     async def run_async(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run ``make()`` on the session's loop from async code (the caller's loop, or another one)."""
-        self._check_alive()
         if _running_loop() is self.loop:
             return await make()
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(make(), self.loop))
-
-    def _check_alive(self) -> None:
-        if self.loop.is_closed() or not self.loop.is_running():
-            self.destroy_now()
-            raise RuntimeError("the event loop this persistent RLM's session was opened on has ended (each "
-                               "asyncio.run() is a new loop), and its box went with it. Keep a session inside one "
-                               "event loop (`async with RLM(..., persistent=True) as rlm:`), or use the blocking "
-                               "completion(); the next call starts a new session")
 
     # -- budgets -----------------------------------------------------------------------------------
 
@@ -152,7 +146,7 @@ class Session:
     def close_blocking(self) -> None:
         """Destroy the box from blocking code, and stop the private loop if there is one."""
         try:
-            if self.loop.is_closed() or not self.loop.is_running():
+            if self.loop_ended:
                 self.destroy_now()
             elif _running_loop() is self.loop:
                 # Inside the loop that owns the box: it cannot be waited for here, so it closes in a task.
@@ -168,7 +162,7 @@ class Session:
                 self.runner.stop()
 
     async def close_async(self) -> None:
-        if self.loop.is_closed() or not self.loop.is_running():
+        if self.loop_ended:
             self.destroy_now()
         elif _running_loop() is self.loop:
             await self.aclose()

@@ -94,6 +94,20 @@ def test_a_blocking_session_also_serves_acompletion_from_another_loop(server, ma
     assert (result.status, result.response) == ("final", "5y")
 
 
+def test_a_session_whose_event_loop_ended_is_refused_and_its_box_destroyed(server, make_rlm, environment):
+    server.policy = split(Script([LOOK, "FINAL(one)", LOOK, "FINAL(two)"]))
+    rlm = make_rlm(persistent=True)
+    first = asyncio.run(rlm.acompletion("a"))  # the session's loop ends with this asyncio.run
+    [ready] = events(first, "sandbox_ready")
+    with pytest.raises(RuntimeError, match="asyncio.run"):
+        asyncio.run(rlm.acompletion("b"))
+    assert_box_gone(environment, ready["box_id"])
+    second = rlm.completion("c")  # a new session
+    assert (first.response, second.response) == ("one", "two")
+    assert events(second, "sandbox_ready")[0]["box_id"] != ready["box_id"]
+    rlm.close()
+
+
 def kill_box(environment: str, box_id: str) -> None:
     """The box dies from outside (a crash, the host's OOM killer, an operator), as a fault would."""
     if environment == "docker":
