@@ -18,7 +18,7 @@ import dataclasses
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Callable, Coroutine
 
 from sandboxes.logs import get_logger, quiet_by_default
 
@@ -30,6 +30,9 @@ from rlm.clients.base import ModelClient
 from rlm.session import LoopThread, Session, SessionSpent
 from rlm.tools import Toolbox
 from rlm.trajectory import ProgressPrinter, RLMLogger, redact
+
+if TYPE_CHECKING:
+    from sandboxes import SandboxSpec
 
 __all__ = ["RLM", "Limits", "RLMResult", "RLMLogger", "ModelUsage", "ToolUsage", "Price", "PRICES", "PRICES_AS_OF",
            "LimitExceeded"]
@@ -307,7 +310,8 @@ class RLM:
         self._session = Session(runner.loop if runner else loop, self._spec(), runner)  # type: ignore[arg-type]
         return self._session
 
-    def _turn(self, session: Session, prompt: Any, root_prompt: str | None) -> Callable[[], Coroutine[Any, Any, RLMResult]]:
+    def _turn(self, session: Session, prompt: Any,
+              root_prompt: str | None) -> Callable[[], Coroutine[Any, Any, RLMResult]]:
         """One completion of the session, to run on the session's loop."""
 
         async def turn() -> RLMResult:

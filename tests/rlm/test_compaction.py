@@ -15,7 +15,8 @@ LOOK = "Let me look.\n```repl\nprint(type(context).__name__, len(context))\n```"
 KEEP = "```repl\nkept = 7\nprint('a' * 2600)\n```"
 BIG = "```repl\nprint('b' * 2600)\n```"
 CHECK = ("```repl\nsummaries = [m for m in history if m.get('summary')]\n"
-         "FINAL('kept=%d history=%d summaries=%d first=%s' % (kept, len(history), len(summaries), history[1]['role']))\n```")
+         "FINAL('kept=%d history=%d summaries=%d first=%s'\n"
+         "      % (kept, len(history), len(summaries), history[1]['role']))\n```")
 
 
 def scripted(replies: list[str]):
@@ -58,7 +59,7 @@ def test_compaction_summarises_keeps_the_repl_and_the_run_answers(server, make_r
     assert result.status == "final", (result.status, result.message)
     compactions = events(result, "compaction")
     assert compactions, "no compaction happened"
-    assert result.response.startswith(f"kept=7 history=")
+    assert result.response.startswith("kept=7 history=")
     assert result.response.endswith(f"summaries={len(compactions)} first=user")
     for event in compactions:
         assert event["tokens_before"] >= 0.85 * WINDOW and event["tokens_after"] < event["tokens_before"]
