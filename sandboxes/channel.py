@@ -11,17 +11,20 @@ Nothing hangs
     the box is declared lost. The send lock is held only while a write is under way, and a write
     cannot outlive its deadline, so the lock is never held forever. ``request`` puts the write and
     the wait for the answer under one deadline, and while it waits it checks that the agent still
-    answers (a ``ping`` every few seconds, to be answered within ``PROBE_TIMEOUT_S`` unless bytes
-    are still arriving): a stopped or wedged agent is found within seconds, not at the deadline.
-    Losing the box wakes every waiter with SandboxLost. Every lock and counter here belongs to one
-    box, so nothing held for one box can delay another.
+    answers: a ``ping`` every few seconds, written by a task of its own so it may queue behind a
+    large write; the check fails when for ``PROBE_TIMEOUT_S`` no byte arrives and the agent takes
+    none of what is written (``ByteStream.delivered``). A stopped or wedged agent is so found within
+    seconds, not at the deadline, even while an upload to it holds the send lock. Losing the box
+    wakes every waiter with SandboxLost. Every lock and counter here belongs to one box, so nothing
+    held for one box can delay another.
 
 No box slows the controller
     Decoding is the one cost a box imposes on the event loop, and it grows with the number of
     values in a line more than with its bytes (a line of a million small integers decodes some
     forty times slower than a string of the same size). Handing a decode to a thread does not help:
-    ``json.loads`` holds the GIL for the whole line (measured: the loop stalls as long either way).
-    So the cost is bounded at two places instead:
+    ``json.loads`` holds the GIL for the whole line (measured on a loaded machine, a million-integer
+    line decoding in 0.38 s stalled the loop 0.67 s from a thread, 1.09 s inline). So the cost is
+    bounded at two places instead:
 
     * the agent refuses, inside the box, a guest call whose payload holds more than
       ``protocol.MAX_CALL_VALUES`` values, so no single line from a well-behaved agent costs more
