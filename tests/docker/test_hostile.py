@@ -20,6 +20,18 @@ from tests.docker.helpers import hostile_beside_neighbour
 pytestmark = pytest.mark.docker
 
 
+def _box_lost_to_gvisor_overhead(runtime: str | None, r: Any) -> bool:
+    """Under gVisor each process in the box also costs memory in gVisor itself, which the box cannot see
+    (its /proc/meminfo counts only the box's own pages): hundreds of forked copies can take the box to
+    its limit before its visible usage reaches the agent's threshold. The box is then gone, and the
+    engine's OOM flag says why. Under runc this must never happen."""
+    if r.status == "oom" and r.error is not None and r.error.name == "SandboxLost":
+        assert runtime == "runsc", r
+        assert "out of memory" in r.error.value, r
+        return True
+    return False
+
+
 async def test_fork_bomb(runtime: str | None) -> None:
     async with hostile_beside_neighbour(runtime, pids=64, kill_grace_s=1.0) as (box, _):
         await box.execute("kept = 1")
@@ -32,6 +44,8 @@ async def test_fork_bomb(runtime: str | None) -> None:
         r = await box.execute(bomb, timeout=4)
         # Under gVisor the copies can fill the box's memory before they reach the process limit; the
         # agent then stops them all before the box's limit, as it does a memory bomb: `oom`.
+        if _box_lost_to_gvisor_overhead(runtime, r):
+            return
         assert r.status in ("timeout", "kernel_restarted", "oom"), r
         assert r.notice, r
         # The box carries on: the bomb's processes are gone and a new cell can fork again.
@@ -49,6 +63,8 @@ async def test_fork_bomb_that_escapes_the_process_group(runtime: str | None) -> 
                 "    except OSError:\n"
                 "        pass\n")
         r = await box.execute(bomb, timeout=4)
+        if _box_lost_to_gvisor_overhead(runtime, r):
+            return
         assert r.status in ("timeout", "kernel_restarted", "oom"), r  # oom: as in test_fork_bomb
         # The copies left their process group, so the interrupt missed them; the agent clears them.
         assert r.notice and ("process limit" in r.notice or r.status == "oom"), r
