@@ -59,7 +59,6 @@ class Session:
         self.conversation = Conversation()
         self.usage: dict[str, ModelUsage] = {}
         self.seconds = 0.0  # time spent in completions, what session_limits.max_wall_s counts
-        self.completions = 0
         self._lock: asyncio.Lock | None = None
 
     @property
@@ -122,7 +121,6 @@ class Session:
         return dataclasses.replace(limits, **changes), notes
 
     def record(self, usage: dict[str, ModelUsage], seconds: float) -> None:
-        self.completions += 1
         self.seconds += seconds
         for model, item in usage.items():
             total = self.usage.setdefault(model, ModelUsage(cost_usd=0.0 if item.cost_usd is not None else None))
@@ -138,7 +136,7 @@ class Session:
 
     # -- ending ------------------------------------------------------------------------------------
 
-    async def aclose(self) -> None:
+    async def _close_here(self) -> None:
         """Destroy the box (after a completion in progress ends). Runs on the session's loop."""
         async with self.lock:
             await self.workspace.close()
@@ -151,23 +149,24 @@ class Session:
             elif _running_loop() is self.loop:
                 # Inside the loop that owns the box: it cannot be waited for here, so it closes in a task.
                 # (In async code, `async with` or `await rlm.aclose()` waits for it.)
-                task = self.loop.create_task(self.aclose())
+                task = self.loop.create_task(self._close_here())
                 _PENDING_CLOSES.add(task)
                 task.add_done_callback(_PENDING_CLOSES.discard)
                 return
             else:
-                asyncio.run_coroutine_threadsafe(self.aclose(), self.loop).result(CLOSE_TIMEOUT_S)
+                asyncio.run_coroutine_threadsafe(self._close_here(), self.loop).result(CLOSE_TIMEOUT_S)
         finally:
             if self.runner is not None and _running_loop() is not self.loop:
                 self.runner.stop()
 
     async def close_async(self) -> None:
+        """Destroy the box from async code, on whichever loop; and stop the private loop if there is one."""
         if self.loop_ended:
             self.destroy_now()
         elif _running_loop() is self.loop:
-            await self.aclose()
+            await self._close_here()
         else:
-            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.aclose(), self.loop))
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._close_here(), self.loop))
         if self.runner is not None:
             await asyncio.to_thread(self.runner.stop)
 
