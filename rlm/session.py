@@ -112,7 +112,7 @@ class Session:
                 continue
             left = cap - used[name]
             what = f"session_limits.{name}={cap:g}"
-            if left <= (0 if name != "max_llm_calls" else 0.5):
+            if left <= 0:
                 raise SessionSpent(name, f"the session's budget is spent ({what}; {used[name]:g} used)")
             own = getattr(limits, name)
             if own is None or left < own:
