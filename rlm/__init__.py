@@ -18,7 +18,7 @@ import dataclasses
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Coroutine
+from typing import Any, Callable, Coroutine
 
 from sandboxes.logs import get_logger, quiet_by_default
 
@@ -30,9 +30,7 @@ from rlm.clients.base import ModelClient
 from rlm.session import LoopThread, Session, SessionSpent
 from rlm.tools import Toolbox
 from rlm.trajectory import ProgressPrinter, RLMLogger, redact
-
-if TYPE_CHECKING:
-    from sandboxes import SandboxSpec
+from rlm.workspace import sandbox_spec
 
 __all__ = ["RLM", "Limits", "RLMResult", "RLMLogger", "ModelUsage", "ToolUsage", "Price", "PRICES", "PRICES_AS_OF",
            "LimitExceeded"]
@@ -286,12 +284,6 @@ class RLM:
             return await session.run_async(self._turn(session, prompt, root_prompt))
         return await self._run(prompt, root_prompt, self.limits)
 
-    def _spec(self) -> "SandboxSpec":
-        from sandboxes import SandboxSpec
-
-        return SandboxSpec(backend=self.environment, cell_timeout_s=self.limits.cell_timeout_s,
-                           **self.environment_kwargs)
-
     def _live_session(self) -> Session | None:
         """The current session; refused (and its box destroyed) when the loop it lives on has ended."""
         session = self._session
@@ -307,7 +299,8 @@ class RLM:
     def _new_session(self, loop: asyncio.AbstractEventLoop | None) -> Session:
         """A session on ``loop`` (the caller's), or on a private loop thread for blocking calls."""
         runner = LoopThread() if loop is None else None
-        self._session = Session(runner.loop if runner else loop, self._spec(), runner)  # type: ignore[arg-type]
+        spec = sandbox_spec(self.environment, self.environment_kwargs, self.limits.cell_timeout_s)
+        self._session = Session(runner.loop if runner else loop, spec, runner)  # type: ignore[arg-type]
         return self._session
 
     def _turn(self, session: Session, prompt: Any,

@@ -23,8 +23,7 @@ from rlm.parsing import parse_reply, truncate
 from rlm.tree import RunTree
 from rlm.repl_setup import TOOLS_JSON, reset_ready_code, tools_code
 from rlm.windows import DEFAULT_WINDOW, estimate_tokens, window_for
-from rlm.workspace import SETUP_TIMEOUT_S, Workspace, error_text as _error_text
-from sandboxes import SandboxSpec
+from rlm.workspace import SETUP_TIMEOUT_S, Workspace, error_text as _error_text, sandbox_spec
 from sandboxes.errors import SandboxError
 from sandboxes.results import ExecResult
 
@@ -171,16 +170,13 @@ class RLMNode:
 
     # -- the sandbox -------------------------------------------------------------------------------
 
-    def _spec(self) -> SandboxSpec:
-        config = self.tree.config
-        return SandboxSpec(backend=config.environment, cell_timeout_s=config.limits.cell_timeout_s,
-                           **config.environment_kwargs)
-
     async def _in_sandbox(self) -> tuple[str, str | None]:
         """Start getting the box ready (a task) and run the loop meanwhile; the box ends with the RLM,
         or stays with the session of a persistent RLM."""
         tree = self.tree
-        workspace = self.workspace = self.workspace or Workspace(self._spec())
+        config = tree.config
+        workspace = self.workspace = self.workspace or Workspace(
+            sandbox_spec(config.environment, config.environment_kwargs, config.limits.cell_timeout_s))
         toolbox = tree.config.tools_at(self.depth)
         box_id = workspace.begin(self.context, tree.handlers_for(self), emit=self._emit,
                                  deadline=tree.budget.deadline,

@@ -38,6 +38,11 @@ Emit = Callable[..., None]
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
+def sandbox_spec(environment: str, environment_kwargs: Mapping[str, Any], cell_timeout_s: float) -> SandboxSpec:
+    """The spec of an RLM's boxes: ``RLM(environment=, environment_kwargs=)`` and the cell timeout."""
+    return SandboxSpec(backend=environment, cell_timeout_s=cell_timeout_s, **environment_kwargs)
+
+
 class BoxGone(Exception):
     """The workspace's box is lost; a new one is needed."""
 
