@@ -143,16 +143,11 @@ class Agent:
     async def execute_worker(self) -> None:
         while True:
             request = await self.executions.get()
-            if self.memory_watch is not None:
-                self.memory_watch.busy = True
             try:
                 result = await self.execute(request["code"], float(request["timeout"]))
             except Exception as exc:  # a bug or a dead kernel that would not restart
                 result = {"status": "error", "error": {"name": "SandboxAgentError", "value": str(exc)[:2000],
                                                         "traceback": ""}}
-            finally:
-                if self.memory_watch is not None:
-                    self.memory_watch.busy = False
             result.update({"type": "result", "id": request["id"]})
             notice = result.get("notice")
             if self.pending_notice:
