@@ -58,7 +58,7 @@ import itertools
 import time
 from typing import Any, Awaitable, Callable, Mapping
 
-import structlog
+from sandboxes.logs import get_logger
 
 from sandboxes.errors import SandboxLost
 from sandboxes.guest import protocol
@@ -89,7 +89,7 @@ MAX_QUEUED_REFUSALS = 256
 # Ids of requests given up on without an answer, kept so a late answer is not taken for a forgery.
 LATE_IDS_KEPT = 1024
 
-log = structlog.get_logger("sandboxes.channel")
+log = get_logger("sandboxes.channel")
 
 
 def write_timeout(size: int) -> float:

@@ -17,7 +17,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping
 
-import structlog
+from sandboxes.logs import get_logger
 
 from sandboxes.cancellation import finish
 from sandboxes.channel import Handler
@@ -28,7 +28,7 @@ from sandboxes.spec import SandboxSpec
 if TYPE_CHECKING:
     from sandboxes.backends.base import BackendFactory
 
-log = structlog.get_logger("sandboxes.pool")
+log = get_logger("sandboxes.pool")
 
 # An idle box must answer a ping this fast to be handed out; otherwise it is dropped.
 HANDOUT_PING_S = 2.0

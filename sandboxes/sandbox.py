@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Hashable, Mapping, Union
 
-import structlog
+from sandboxes.logs import get_logger
 
 from sandboxes import cleanup
 from sandboxes.cancellation import finish
@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # the core only calls a backend's methods; it never imports a
 
     BackendArg = Union[Backend, BackendFactory, None]
 
-log = structlog.get_logger("sandboxes")
+log = get_logger("sandboxes")
 
 # How long after its timeout and grace period a cell's answer may take: the agent's own bounds on a
 # kernel restart (waiting for the killed kernel, then the new one to answer and to run its setup,

@@ -16,7 +16,7 @@ import contextlib
 import math
 from typing import Any, Awaitable
 
-import structlog
+from sandboxes.logs import get_logger
 
 from sandboxes.backends.base import Backend
 from sandboxes.backends.cloud.sdk_surface import SdkCall, load_sdk
@@ -68,7 +68,7 @@ class StdioBoxBackend(Backend):
         # Tasks that feed the stream from the provider (output pumps, the exit waiter).
         self.tasks: list[asyncio.Task[None]] = []
         self.root = BOX_ROOT.format(box_id=box_id)
-        self.log = structlog.get_logger(f"sandboxes.{self.name}")
+        self.log = get_logger(f"sandboxes.{self.name}")
 
     @classmethod
     def sdk(cls) -> Any:

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import structlog
+from sandboxes.logs import get_logger
 
 from sandboxes.backends.base import Backend, agent_argv
 from sandboxes.backends.docker.channel_dirs import CONTAINER_PREFIX, channel_parent
@@ -44,7 +44,7 @@ from sandboxes.results import Diagnosis, DiagnosisKind
 from sandboxes.spec import SandboxSpec
 from sandboxes.transport import ByteStream, UnixListener
 
-log = structlog.get_logger("sandboxes.docker")
+log = get_logger("sandboxes.docker")
 
 # Users and paths inside the box, as laid out by images/Dockerfile. The container starts as root with
 # the capabilities below and nothing else; the agent then splits the users (sandboxes.guest.users).
