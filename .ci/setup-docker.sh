@@ -110,5 +110,5 @@ if ! has_runsc; then
 fi
 
 say "building the kernel image (offline; reused when up to date)"
-"$PYTHON" -m sandboxes.cli build-image --offline || give_up "the kernel image could not be built"
+"$PYTHON" -m sandboxes.backends.docker.cli build-image --offline || give_up "the kernel image could not be built"
 say "ready"

@@ -84,7 +84,7 @@ def add_sandbox_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_sandbox(argv: Sequence[str]) -> int:
     try:
-        sandbox_cli = importlib.import_module("sandboxes.cli")
+        sandbox_cli = importlib.import_module("sandboxes.backends.docker.cli")
     except ImportError as exc:
         print(f"rlm sandbox: the sandbox commands are not available in this installation ({exc}); "
               "reinstall the package with `pip install -e .`", file=sys.stderr)

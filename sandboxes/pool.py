@@ -26,7 +26,7 @@ from sandboxes.sandbox import Sandbox
 from sandboxes.spec import SandboxSpec
 
 if TYPE_CHECKING:
-    from sandboxes.backends.base import BackendFactory
+    from sandboxes.backend import BackendFactory
 
 log = get_logger("sandboxes.pool")
 

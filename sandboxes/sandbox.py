@@ -3,11 +3,11 @@
 Every wait has a deadline derived from the spec, every failure path destroys the box, and a
 cancelled caller still gets its box destroyed (closing runs in a task of its own, shielded).
 
-Which backend makes the box: the one named by ``spec.backend``, looked up in the registry of
-``sandboxes.backends`` when a box starts (a lazy import, so this shared core loads no backend
-module), or the one passed as ``backend=``, as httpx takes ``transport=``: a ``Backend`` instance
+Which backend makes the box: the one named by ``spec.backend``, looked up among the installed
+backends when a box starts (``sandboxes.backend.backend_class``: this shared core imports no
+backend module), or the one passed as ``backend=``, as httpx takes ``transport=``: a ``Backend`` instance
 for one box, or a factory ``(spec, box_id) -> Backend`` such as a Backend class.
-``sandboxes.backends.memory.MemoryBackend`` is the in-memory one for unit tests.
+``MemoryBackend`` (in the backends package) is the in-memory one for unit tests.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ import re
 import time
 import uuid
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Hashable, Mapping, Union
+from typing import Any, AsyncIterator, Callable, Hashable, Mapping, Union
 
 from sandboxes.logs import get_logger
 
 from sandboxes import cleanup
+from sandboxes.backend import Backend, BackendFactory, backend_class
 from sandboxes.cancellation import finish
 from sandboxes.channel import PROBE_INTERVAL_S, Channel, Handler, write_timeout
 from sandboxes.errors import SandboxClosed, SandboxError, SandboxLost, SandboxStartError
@@ -35,10 +36,7 @@ from sandboxes.results import ExecError, ExecResult
 from sandboxes.spec import SandboxSpec
 from sandboxes.admission import StartQueue, start_queue
 
-if TYPE_CHECKING:  # the core only calls a backend's methods; it never imports a backend at run time
-    from sandboxes.backends.base import Backend, BackendFactory
-
-    BackendArg = Union[Backend, BackendFactory, None]
+BackendArg = Union[Backend, BackendFactory, None]
 
 log = get_logger("sandboxes")
 
@@ -332,8 +330,6 @@ def make_backend(spec: SandboxSpec | None, box_id: str | None, backend: "Backend
         return backend
     spec = spec or SandboxSpec()
     if backend is None:
-        from sandboxes.backends import backend_class
-
         backend = backend_class(spec.backend)
     return backend(spec, box_id or uuid.uuid4().hex[:12])
 

@@ -1,6 +1,6 @@
-"""What a backend is: a transport. It creates a box, starts the guest agent in it, hands back a
-byte stream to that agent, and destroys the box. Everything else (protocol, timeouts, output caps,
-guest calls) lives in ``sandboxes.guest`` and ``sandboxes.channel`` and is the same for all backends.
+"""What the backends share below the contract of ``sandboxes.backend``: how the guest agent is
+configured and launched in a box. ``Backend`` and ``BackendFactory`` are re-exported here so a
+backend module imports all it builds on from one place.
 """
 
 from __future__ import annotations
@@ -10,80 +10,10 @@ import json
 import typing
 from typing import Any
 
-from sandboxes.cancellation import finish
-from sandboxes.results import Diagnosis
+from sandboxes.backend import Backend, BackendFactory
 from sandboxes.spec import SandboxSpec
-from sandboxes.transport import ByteStream
 
-
-class Backend(abc.ABC):
-    """One box on one provider. Instances are single-use: start once, destroy once.
-
-    A backend writes ``start``, ``_destroy`` and, when it can, ``_emergency_destroy`` and ``diagnose``;
-    the once-only bookkeeping of destroying is here, so no backend repeats it.
-    """
-
-    name: str = "?"
-
-    def __init__(self, spec: SandboxSpec, box_id: str) -> None:
-        self.spec = spec
-        self.box_id = box_id
-        self.destroyed = False
-
-    @abc.abstractmethod
-    async def start(self) -> ByteStream:
-        """Create the box, start the agent in it and return a stream connected to the agent.
-
-        The caller bounds this with ``spec.startup_timeout_s`` and calls ``destroy`` on any failure,
-        so a backend may leave partial state for ``destroy`` to clean. Raise SandboxUnavailable with
-        a message that says what to do when the provider itself is missing or misconfigured.
-        """
-
-    @typing.final
-    async def destroy(self) -> None:
-        """Destroy the box and everything in it. Idempotent; never raises; always finishes: a caller
-        cancelled meanwhile gets its cancellation once the box is gone."""
-        if self.destroyed:
-            return
-        self.destroyed = True
-        await finish(self._destroy())
-
-    @abc.abstractmethod
-    async def _destroy(self) -> None:
-        """Destroy what ``start`` made (called once, possibly after a failed or partial start)."""
-
-    @typing.final
-    def emergency_destroy(self) -> None:
-        """Synchronous best-effort destroy, for interpreter exit and SIGTERM (no event loop there)."""
-        if self.destroyed:
-            return
-        self.destroyed = True
-        self._emergency_destroy()
-
-    def _emergency_destroy(self) -> None:
-        """What ``emergency_destroy`` does, once; nothing by default."""
-
-    def shared_folder(self) -> tuple[str, str] | None:
-        """A folder of the host the box can read (never write), as (host path, path in the box), or None.
-
-        Where there is one (a local box's own folder, a Docker box's read-only channel mount), the
-        controller can hand the box a large file by writing it there, with no trip through the channel.
-        """
-        return None
-
-    async def diagnose(self) -> Diagnosis | None:
-        """After the stream ended unexpectedly: why the box died, if the provider can say.
-
-        Return e.g. ``Diagnosis("oom", "the box ran out of memory (limit 1024 MB)")``, or None when
-        unknown. The kind comes from what the provider reports (an OOM flag, an exit code or signal, its
-        state), never from the box's own output: a box must not be able to choose its status.
-        """
-        return None
-
-
-# What ``open_sandbox(..., backend=...)`` and ``SandboxPool(..., backend=...)`` take to make a box's
-# backend: a Backend class, or any callable of the same shape.
-BackendFactory = typing.Callable[[SandboxSpec, str], Backend]
+__all__ = ["Backend", "BackendFactory", "agent_argv", "agent_config"]
 
 
 def agent_config(spec: SandboxSpec, workdir: str, owns_box: bool = False, *,

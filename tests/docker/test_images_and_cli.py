@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from sandboxes.cli import main
+from sandboxes.backends.docker.cli import main
 from sandboxes.backends.docker.engine import GUEST_VERSION_LABEL
 from sandboxes.errors import SandboxUnavailable
 from sandboxes.guest.protocol import guest_version

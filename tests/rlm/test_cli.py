@@ -47,9 +47,9 @@ def test_rlm_run_exit_code_names_a_limit(server, tmp_path, capsys, monkeypatch, 
 
 def test_rlm_sandbox_delegates_to_the_sandbox_cli(monkeypatch):
     seen = []
-    import sandboxes.cli
+    import sandboxes.backends.docker.cli as sandbox_cli
 
-    monkeypatch.setattr(sandboxes.cli, "main", lambda argv: seen.append(argv) or 0)
+    monkeypatch.setattr(sandbox_cli, "main", lambda argv: seen.append(argv) or 0)
     assert cli.main(["sandbox", "reap", "--dry-run"]) == 0
     assert seen == [["reap", "--dry-run"]]
 

@@ -1,11 +1,8 @@
-"""The `sandbox` subcommands: ``build-image``, ``reap`` and ``doctor``.
+"""The `sandbox` subcommands, the Docker family's tools: ``build-image``, ``reap`` and ``doctor``.
 
-``rlm sandbox ...`` dispatches here (``main(argv)``); ``python -m sandboxes.cli ...`` works too, for
-machines where only the sandbox layer is wanted (CI brings the image up this way).
-
-The commands are the Docker family's tools, so this entry point imports them from
-``sandboxes.backends.docker``, each only when its command runs; no module of the shared core imports
-this one.
+``rlm sandbox ...`` dispatches here (``main(argv)``); ``python -m sandboxes.backends.docker.cli ...``
+works too, for machines where only the sandbox layer is wanted (CI brings the image up this way).
+Each command imports its module only when it runs.
 """
 
 from __future__ import annotations
