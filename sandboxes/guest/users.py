@@ -75,8 +75,9 @@ def split_users(users: dict[str, int] | None) -> KernelUser | None:
     """Become the agent user with only the capabilities to supervise a kernel of another user.
 
     ``users``: ``{"agent": uid, "kernel": uid, "group": gid}`` from the agent's config. Returns the
-    kernel's user, or None (no split) when none was asked for or the agent did not start as root.
-    Any step that fails raises: a box that asked for two users must not quietly run with one.
+    kernel's user, or None (no split) when none was asked for or the agent did not start as root (a
+    runtime that forces a user of its own: ``rlm sandbox doctor`` then reports one user). Once started,
+    any step that fails raises: the agent must not go on half switched.
     """
     if not users or os.geteuid() != 0:
         return None
