@@ -194,6 +194,15 @@ class ModelUsage:
             "failures": self.failures,
         }
 
+    def add(self, other: "ModelUsage") -> None:
+        """Add ``other`` in; the cost stays known only while both are."""
+        self.calls += other.calls
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.retries += other.retries
+        self.failures += other.failures
+        self.cost_usd = None if self.cost_usd is None or other.cost_usd is None else self.cost_usd + other.cost_usd
+
 
 @dataclass
 class ToolUsage:
@@ -407,14 +416,8 @@ class Totals:
 
     @classmethod
     def of(cls, usage: Mapping[str, ModelUsage]) -> "Totals":
-        totals = cls()
-        for model, item in usage.items():
-            totals.models.append(model)
-            totals.calls += item.calls
-            totals.input_tokens += item.input_tokens
-            totals.output_tokens += item.output_tokens
-            if item.cost_usd is None or totals.cost_usd is None:
-                totals.cost_usd = None
-            else:
-                totals.cost_usd += item.cost_usd
-        return totals
+        total = ModelUsage()
+        for item in usage.values():
+            total.add(item)
+        return cls(calls=total.calls, input_tokens=total.input_tokens, output_tokens=total.output_tokens,
+                   cost_usd=total.cost_usd, models=list(usage))

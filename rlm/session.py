@@ -123,16 +123,7 @@ class Session:
     def record(self, usage: dict[str, ModelUsage], seconds: float) -> None:
         self.seconds += seconds
         for model, item in usage.items():
-            total = self.usage.setdefault(model, ModelUsage(cost_usd=0.0 if item.cost_usd is not None else None))
-            total.calls += item.calls
-            total.input_tokens += item.input_tokens
-            total.output_tokens += item.output_tokens
-            total.retries += item.retries
-            total.failures += item.failures
-            if item.cost_usd is None or total.cost_usd is None:
-                total.cost_usd = None
-            else:
-                total.cost_usd += item.cost_usd
+            self.usage.setdefault(model, ModelUsage()).add(item)
 
     # -- ending ------------------------------------------------------------------------------------
 
