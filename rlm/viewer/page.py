@@ -62,7 +62,7 @@ def _finite(value: Any) -> Any:
 
 def _models(events: list[Mapping[str, Any]]) -> set[str]:
     return {str(e["model"]) for e in events
-            if isinstance(e, Mapping) and e.get("event") in ("rlm_start", "subcall") and e.get("model")}
+            if isinstance(e, Mapping) and e.get("event") in ("rlm_start", "subcall", "model_call") and e.get("model")}
 
 
 def page_prices(events: list[Mapping[str, Any]], live: bool) -> dict[str, list[float]]:

@@ -1,9 +1,9 @@
 """A scripted RLM run that exercises everything the run page shows, for the browser tests and the
 README's screenshot.
 
-The root model (depth 0) looks at the context, sends a batch of ``llm_query`` sub-calls (one slow, one
-with a long prompt), writes a cell that fails, hands a sub-task to a child RLM (depth 1, its own
-sandbox and its own sub-call) and answers. One reply holds ``<script>alert(1)</script>``, which the
+The root model (depth 0) looks at the context and calls a custom tool, sends a batch of ``llm_query``
+sub-calls (one slow, one with a long prompt), writes a cell that fails, hands a sub-task to a child RLM
+(depth 1, its own sandbox and its own sub-call) and answers. One reply holds ``<script>alert(1)</script>``, which the
 page must show as text. Real SDK, real HTTP (``FakeLLMServer``), real kernels (local backend).
 
     python -m tests.viewer.scripted_run OUT_DIR      # prints the run log's path
@@ -42,7 +42,8 @@ def root_turn(turn: int) -> str:
                 "print(lines[0])\n"
                 "# outages only\n"
                 "outages = [l for l in lines if 'outage' in l]\n"
-                "print(len(outages), 'outage lines')\n```")
+                "print(len(outages), 'outage lines')\n"
+                "print(site_info('Lisbon'))\n```")
     if turn == 1:
         return (f"{SCRIPT_REPLY}\nI ask a sub-model to extract the city of each outage line.\n```repl\n"
                 "cities = llm_query_batched([f'City in: {l}' for l in outages])\n"
@@ -92,6 +93,11 @@ def sub_model(request: FakeRequest) -> Reply:
     return Reply(text="Forty lines about a fox and a dog near the data centre.", delay=0.05)
 
 
+def site_info(city: str) -> str:
+    """The data centre of a city (a custom tool: runs on the host, called from the REPL)."""
+    return f"{city}: 2 halls, racks A1 to B9"
+
+
 def run(log_dir: Path) -> RLMResult:
     """Run the scripted RLM on the local backend; the result's ``trajectory_path`` is the run log."""
     with FakeLLMServer(split(model, sub_model), latency=0.02) as server:
@@ -101,6 +107,7 @@ def run(log_dir: Path) -> RLMResult:
                   other_backends=["openai"],
                   other_backend_kwargs=[{"model_name": "gpt-5-nano", "base_url": server.openai_base_url,
                                          "api_key": "test-key"}],
+                  custom_tools={"site_info": site_info},
                   environment="local", max_depth=2, max_iterations=8, logger=RLMLogger(log_dir),
                   limits=Limits(max_wall_s=120, cell_timeout_s=30))
         return rlm.completion(CONTEXT, root_prompt=QUESTION)

@@ -89,8 +89,7 @@ def test_tree_holds_the_root_and_its_child_rlm_inside_the_cell_that_made_it(page
 
 
 def test_a_cell_shows_its_code_output_and_timing(page):
-    cells = by_css(page, "section.rlm[data-rlm='0'] > .rlm-body > .iter:nth-of-type(2) .cell")
-    cell = cells[0]
+    cell = by_css(page, "section.rlm[data-rlm='0'] > .rlm-body > .iter[data-iteration='2'] .cell[data-cell='1']")[0]
     assert "llm_query_batched" in cell.find_element("css selector", ".code").text
     assert cell.find_element("css selector", ".out.stdout pre").text == "['Lisbon', 'Oslo', 'Lisbon', 'Porto', 'Lisbon']"
     assert "took" in cell.find_element("css selector", ".cell-head").text
@@ -114,7 +113,7 @@ def test_the_failed_cell_is_red_and_the_header_links_to_it(page, artifacts):
 
 
 def test_sub_calls_show_prompt_answer_and_the_slowest_one_is_marked(page):
-    rows = by_css(page, ".sub")
+    rows = by_css(page, ".sub[data-kind=subcall]")
     assert len(rows) == 7  # 6 from the root, 1 from the child: all lists are short, so open
     oslo = next(r for r in rows if "City in: 2025-03-05 Oslo" in r.text)
     assert oslo.find_element("css selector", ".response pre").text == "Oslo"
@@ -140,14 +139,15 @@ def test_collapsed_sub_call_lists_are_built_when_opened(browser, scripted_log, t
     page = tmp_path / "many.html"
     page.write_text(build_page(events[:at] + extra + events[at:]), encoding="utf-8")
     open_page(browser, page.as_uri())
-    assert len(by_css(browser, ".sub")) == 1  # only the child's single sub-call: the long list is not built
+    rows = ".sub[data-kind=subcall]"
+    assert len(by_css(browser, rows)) == 1  # only the child's single sub-call: the long list is not built
     head = next(h for h in by_css(browser, ".subs-head") if "306 sub-calls" in h.text)
     head.click()
-    assert len(by_css(browser, ".sub")) == 200 + 1  # one page built, plus the child's single sub-call
+    assert len(by_css(browser, rows)) == 200 + 1  # one page built, plus the child's single sub-call
     more = by_css(browser, ".show-more")[0]
     assert "106 not shown" in more.text
     more.click()
-    assert len(by_css(browser, ".sub")) == 306 + 1
+    assert len(by_css(browser, rows)) == 306 + 1
 
 
 def test_search_highlights_every_match_and_jumps_between_them(page, artifacts):
@@ -231,16 +231,20 @@ def test_unknown_and_malformed_events_show_as_rows_and_break_nothing(browser, sc
     events, _ = read_run_log(scripted_log)
     at = next(i for i, e in enumerate(events) if e["event"] == "iteration" and e["iteration"] == 2)
     run_id = events[0]["run_id"]
-    odd = [{"event": "tool_call", "t": 0.74, "run_id": run_id, "rlm_id": "0", "depth": 0, "name": "grep",
+    odd = [{"event": "a_future_kind", "t": 0.74, "run_id": run_id, "rlm_id": "0", "depth": 0, "name": "grep",
             "arguments": {"pattern": "<b>bold</b>"}, "seconds": 0.01},
-           {"event": "compaction", "t": 0.75, "run_id": run_id, "summary_chars": 1200},
+           {"event": "another_kind", "t": 0.75, "run_id": run_id, "summary_chars": 1200},
+           {"event": "compaction", "t": 0.76, "run_id": run_id, "tokens_before": "many"},
+           {"event": "model_call", "t": 0.77, "run_id": run_id, "rlm_id": "0", "depth": "x", "cost_usd": "free"},
+           {"event": "tool_call", "t": 0.78, "run_id": run_id, "rlm_id": "9", "args": None, "seconds": "slow"},
            ["not", "an", "object"], {"event": "cell", "rlm_id": "0", "t": "soon", "stdout": None}]
     page = tmp_path / "odd.html"
     page.write_text(build_page(events[:at + 1] + odd + events[at + 1:]), encoding="utf-8")
     open_page(browser, page.as_uri())
     rows = text_of(browser, ".ev")
-    assert "tool_call" in rows and 'arguments={"pattern":"<b>bold</b>"}' in rows
-    assert "compaction" in rows and "summary_chars=1200" in rows and "malformed" in rows
+    assert "a_future_kind" in rows and 'arguments={"pattern":"<b>bold</b>"}' in rows
+    assert "another_kind" in rows and "summary_chars=1200" in rows and "malformed" in rows
+    assert "The conversation was summarised" in rows  # a known kind with odd fields still shows
     assert text_of(browser, "[data-role=answer]") == scripted_run.ANSWER
     assert by_css(browser, ".rlm-view b") and not any(b.text == "bold" for b in by_css(browser, ".rlm-view b"))
     assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
@@ -301,7 +305,8 @@ def test_a_live_page_fed_event_by_event_shows_the_same_run(browser, scripted_pag
     static_tree = text_of(browser, ".tree-body")
     static_summary = text_of(browser, ".summary")
     events, _ = read_run_log(scripted_log)
-    hold = next(i for i, e in enumerate(events) if e["event"] == "rlm_start" and e["rlm_id"] == "0.1") + 2
+    # Held back after the child's first reply: the child shows, the root's cell is still running.
+    hold = next(i for i, e in enumerate(events) if e["event"] == "iteration" and e["rlm_id"] == "0.1") + 1
     with _Stream(events, hold) as stream:
         open_page(browser, stream.url)
         # Mid-run: the child has started and the root's cell is still running.
@@ -319,3 +324,82 @@ def test_a_live_page_fed_event_by_event_shows_the_same_run(browser, scripted_pag
         assert browser.execute_script("return window.__same === document.querySelector('.tree-body')")
         assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
 
+
+
+def test_tool_calls_and_the_sandbox_show_where_they_happened(page):
+    cell = by_css(page, "section.rlm[data-rlm='0'] .iter[data-iteration='1'] .cell[data-cell='1']")[0]
+    tool = cell.find_element("css selector", ".sub[data-kind=tool]")
+    assert "tool site_info" in tool.text and "ok" in tool.text
+    assert tool.find_element("css selector", ".prompt pre").text == '[["Lisbon"], {}]'
+    assert tool.find_element("css selector", ".response pre").text == '"Lisbon: 2 halls, racks A1 to B9"'
+    assert "1 tool call" in cell.find_element("css selector", ".subs-head").text
+    box = by_css(page, "section.rlm[data-rlm='0'] > .rlm-body > .box-line")[0].text
+    assert "ready in" in box and "start" in box and "setup" in box
+    # Bookkeeping events are read, not listed.
+    names = text_of(page, ".ev-name").split("\n")
+    assert not {"iteration_start", "iteration_end", "model_call", "sandbox_ready", "tool_call"} & set(names)
+
+
+def test_compaction_a_lost_sandbox_box_waits_and_real_costs(browser, scripted_log, tmp_path, artifacts):
+    events, _ = read_run_log(scripted_log)
+    run_id = events[0]["run_id"]
+
+    def at(kind: str, rlm: str = "0", **match) -> int:
+        return next(i for i, e in enumerate(events) if e["event"] == kind and e.get("rlm_id") == rlm
+                    and all(e.get(k) == v for k, v in match.items()))
+
+    def ev(kind: str, t: float, rlm: str = "0", **fields) -> dict:
+        return {"event": kind, "t": t, "run_id": run_id, "rlm_id": rlm, "depth": len(rlm.split(".")) - 1, **fields}
+
+    # What each model call really cost comes from model_call: make the slow Oslo sub-call the dearest,
+    # which the price table alone would never say.
+    oslo = next(i for i, e in enumerate(events) if e["event"] == "subcall" and "Oslo" in e["prompt"])
+    assert events[oslo - 1]["event"] == "model_call"
+    events[oslo - 1]["cost_usd"] = 0.5
+    ready = at("sandbox_ready")
+    events[ready] = dict(events[ready], wait_s=0.5, seconds=events[ready]["seconds"] + 0.5)
+    t_ready = events[ready]["t"]
+    iter3 = at("iteration_start", iteration=3)
+    t3 = events[iter3]["t"]
+    cell3 = at("cell", iteration=3)
+    child_cell = at("cell", "0.1", iteration=2)
+    inserts = [
+        (child_cell + 1, [ev("sandbox_lost", events[child_cell]["t"], "0.1", iteration=2, box_id="box-of-child",
+                             reason="the box's process exited (status 137)")]),
+        (cell3, [ev("tool_call", t3 + 0.01, iteration=3, name="lookup", args='[["rack B7"], {}]',
+                    status="error", error="lookup raised KeyError: 'rack B7'", seconds=0.004, result=None)]),
+        (iter3 + 1, [ev("model_call", t3 + 0.002, model="gpt-5-mini", input_tokens=90000, output_tokens=800,
+                        cost_usd=0.02, retries=0, failed=False, seconds=0.002),
+                     ev("compaction", t3 + 0.003, iteration=3, count=1, forced=False, tokens_before=90000,
+                        tokens_after=4000, model_seconds=0.002, input_tokens=90000, output_tokens=800,
+                        summary="The user asks which city had the most outages.")]),
+        (ready, [ev("box_queued", t_ready - 1.0, box_id=events[ready]["box_id"], ahead=2),
+                 ev("box_wait", t_ready - 0.5, box_id=events[ready]["box_id"], seconds=0.5)]),
+    ]
+    for index, new in inserts:  # from the end, so earlier indexes stay right
+        events[index:index] = new
+    page = tmp_path / "events.html"
+    page.write_text(build_page(events), encoding="utf-8")
+    open_page(browser, page.as_uri())
+
+    costly = by_css(browser, "[data-action=costliest-call]")[0].text
+    assert "$0.5000" in costly and "Oslo" in costly
+    box = by_css(browser, "section.rlm[data-rlm='0'] > .rlm-body > .box-line")[0].text
+    assert "waited 500 ms for a start slot (2 starts ahead)" in box
+    labels = browser.execute_script("return window.rlmView._tl.lanes[0].items.map(i => i.label)")
+    assert labels[:3] == ["waiting for a sandbox start slot", "sandbox start", "context upload and setup"]
+    # The compaction stands before the reply of the iteration it preceded.
+    iteration3 = by_css(browser, "section.rlm[data-rlm='0'] .iter[data-iteration='3'] > .iter-body")[0]
+    first = iteration3.find_element("css selector", ":scope > *")
+    assert "compaction" in first.get_attribute("class") and "~90,000 → ~4,000 tokens" in first.text
+    failed_tool = by_css(browser, ".iter[data-iteration='3'] .sub[data-kind=tool].failed")[0]
+    assert "lookup raised KeyError" in failed_tool.text
+    assert by_css(browser, "[data-action=failed-tools]")[0].text.endswith("1 failed tool call")
+    lost = by_css(browser, "[data-action=lost-sandboxes]")[0]
+    assert lost.text.endswith("1 lost sandbox")
+    lost.click()
+    notice = by_css(browser, "section.rlm[data-rlm='0.1'] .ev.sandbox_lost")[0]
+    wait(browser, lambda d: in_view(d, notice), "the lost-sandbox link did not show the notice")
+    assert "Sandbox box-of-child was lost: the box's process exited (status 137)" in notice.text
+    screenshot(browser, artifacts / "run-events.png")
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []

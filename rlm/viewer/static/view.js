@@ -22,8 +22,9 @@
   var SEARCH_MARKS_MAX = 3000;
   var TL_MAX_LANES = 400;
   var COLORS = {model: "#3b82f6", cell: "#16a34a", failed: "#dc2626", sub: "#a78bfa", subFailed: "#f87171",
-                boot: "#cbd5e1", span: "#eef1f5", plain: "#8b5cf6", mark: "#111827", axis: "#8b95a3",
-                grid: "#eef0f3", label: "#1f2328", muted: "#5f6b7a"};
+                tool: "#14b8a6", boot: "#94a3b8", upload: "#cbd5e1", queue: "#f59e0b", span: "#eef1f5",
+                plain: "#8b5cf6", mark: "#111827", axis: "#8b95a3", grid: "#eef0f3", label: "#1f2328",
+                muted: "#5f6b7a"};
 
   // ---- DOM helpers: data goes in as text only ---------------------------------------------------
 
@@ -202,7 +203,8 @@
     add(tl, h("h2", null, "Timeline"));
     var legend = h("div", "legend");
     [["model call", COLORS.model], ["cell", COLORS.cell], ["failed cell", COLORS.failed],
-     ["sub-call", COLORS.sub], ["sandbox start-up", COLORS.boot]].forEach(function (x) {
+     ["sub-call", COLORS.sub], ["tool call", COLORS.tool], ["waiting for a sandbox slot", COLORS.queue],
+     ["sandbox start", COLORS.boot], ["context upload and setup", COLORS.upload]].forEach(function (x) {
       var item = h("span"), sw = h("i");
       sw.style.background = x[1];
       add(legend, add(item, sw, x[0]));
@@ -256,11 +258,13 @@
     this.subs = [];
     this.failedCells = [];
     this.failedSubs = [];
+    this.failedTools = [];
+    this.lostBoxes = [];
+    this.cycleAt = {};
     this.derivedUsage = new Map();
+    this.callUsage = new Map();
     this.marks = {slowCall: null, slowCell: null, costly: null};
     this.badged = new Set();
-    this.failedAt = -1;
-    this.failedSubAt = -1;
     this._clearSearch();
     this._query = "";
     clear(this.treeEl);
@@ -284,9 +288,14 @@
       switch (ev.event) {
         case "run_start": return this._onRunStart(ev);
         case "rlm_start": return this._onRlmStart(ev);
+        case "iteration_start": return this._onIterStart(ev);
         case "iteration": return this._onIteration(ev);
+        case "iteration_end": return this._onIterEnd(ev);
+        case "model_call": return this._onModelCall(ev);
         case "cell": return this._onCell(ev);
         case "subcall": return this._onSubcall(ev);
+        case "tool_call": return this._onToolCall(ev);
+        case "box_queued": case "box_wait": case "sandbox_ready": return this._onBox(ev);
         case "rlm_end": return this._onRlmEnd(ev);
         case "final": this.run.final = ev; return;
         default: return this._onOther(ev);
@@ -304,7 +313,8 @@
       r = {kind: "rlm", id: id, parentId: null, parent: null, depth: 0, model: null, box: null, plain: false,
            startT: null, endT: null, seconds: null, status: null, message: null, response: null,
            iterations: [], children: [], misc: [], cell: null, pendingCell: null, open: null, el: null,
-           bodyEl: null, headEl: null, started: false};
+           bodyEl: null, headEl: null, started: false, thinking: null, waiting: [], calls: new Map(),
+           extraCalls: [], sandbox: {queued: null, wait: null, ready: null}, boxEl: null};
       this.rlms.set(id, r);
       this.rlmOrder.push(r);
     }
@@ -352,11 +362,16 @@
 
   RunView.prototype._addIter = function (r, ev) {
     var it = {kind: "iter", rlm: r, n: isNum(ev.iteration) ? ev.iteration : r.iterations.length + 1,
-              reply: str(ev.reply), segs: splitReply(ev.reply), extra: [], notes: [], t: ev.t,
+              reply: str(ev.reply), segs: splitReply(ev.reply), extra: [], notes: [], pre: r.waiting, t: ev.t,
               modelS: isNum(ev.model_seconds) ? ev.model_seconds : null, inTok: ev.input_tokens,
-              outTok: ev.output_tokens, cost: null, open: true, el: null, bodyEl: null, badgeEl: null};
+              outTok: ev.output_tokens, cost: null, seconds: null, began: null, open: true, el: null,
+              bodyEl: null, badgeEl: null};
     it.start = isNum(it.t) && isNum(it.modelS) ? it.t - it.modelS : it.t;
-    it.cost = this._cost(r.model, it.inTok, it.outTok);
+    if (ev.iteration !== 0 && r.thinking) { it.began = r.thinking.t; r.thinking = null; }
+    r.waiting = [];
+    it.pre.forEach(function (m) { m.iter = it; });
+    var call = ev.iteration === 0 ? null : this._takeCall(r.id, ev.depth, r.model);
+    it.cost = call ? call.cost : this._cost(r.model, it.inTok, it.outTok);
     r.iterations.push(it);
     this.iters.push(it);
     if (ev.iteration !== 0) {
@@ -371,6 +386,83 @@
   RunView.prototype._onIteration = function (ev) {
     var r = this._rlm(ev.rlm_id);
     this._addIter(r, ev);
+    if (!this.bulk && r.endEl) this._drawRlmEnd(r);
+  };
+
+  // iteration_start / iteration_end: when an iteration began and how long it took in all; not rows.
+  // Between the two, a live page says the model is thinking.
+  RunView.prototype._onIterStart = function (ev) {
+    var r = this._rlm(ev.rlm_id);
+    r.thinking = {n: isNum(ev.iteration) ? ev.iteration : r.iterations.length + 1, t: isNum(ev.t) ? ev.t : null};
+    if (!this.bulk && r.endEl) this._drawRlmEnd(r);
+  };
+
+  RunView.prototype._onIterEnd = function (ev) {
+    var it = this._iterOf(this._rlm(ev.rlm_id), ev.iteration);
+    if (!it) return;
+    it.seconds = isNum(ev.seconds) ? ev.seconds : null;
+    if (!this.bulk && it.el) this._drawIterHead(it);
+  };
+
+  RunView.prototype._iterOf = function (r, n) {
+    for (var i = r.iterations.length - 1; i >= 0; i--) if (r.iterations[i].n === n) return r.iterations[i];
+    return null;
+  };
+
+  // model_call: each settled model call with what it really cost. It comes just before the step it
+  // served (an iteration's reply, a sub-call, a compaction, a plain call), which takes it by its RLM and
+  // depth; a call no step claims (a failed call, the last-chance answer) is listed with its RLM.
+  RunView.prototype._onModelCall = function (ev) {
+    var model = ev.model ? String(ev.model) : null;
+    var call = {model: model, inTok: ev.input_tokens, outTok: ev.output_tokens,
+                cost: isNum(ev.cost_usd) ? ev.cost_usd : null, seconds: isNum(ev.seconds) ? ev.seconds : null,
+                failed: !!ev.failed, retries: isNum(ev.retries) ? ev.retries : 0, t: ev.t};
+    var key = str(ev.rlm_id) + "|" + str(ev.depth), list = this._rlm(ev.rlm_id).calls.get(key);
+    if (!list) { list = []; this._rlm(ev.rlm_id).calls.set(key, list); }
+    list.push(call);
+    var u = this.callUsage.get(model || "?");
+    if (!u) {
+      u = {calls: 0, input_tokens: 0, output_tokens: 0, cost_usd: 0, known: true, retries: 0, failures: 0};
+      this.callUsage.set(model || "?", u);
+    }
+    u.calls++;
+    u.input_tokens += call.inTok || 0;
+    u.output_tokens += call.outTok || 0;
+    u.retries += call.retries;
+    if (call.failed) u.failures++;
+    if (call.cost !== null) u.cost_usd += call.cost; else u.known = false;
+  };
+
+  RunView.prototype._takeCall = function (rlmId, depth, model) {
+    var r = this._rlm(rlmId), list = r.calls.get(str(rlmId) + "|" + str(depth));
+    if (!list || !list.length) return null;
+    for (var i = list.length - 1; i >= 0; i--) {
+      if (!model || !list[i].model || list[i].model === model) return list.splice(i, 1)[0];
+    }
+    return null;
+  };
+
+  // Calls no step claimed, once the RLM has ended: shown and weighed with the RLM.
+  RunView.prototype._settleCalls = function (r) {
+    var self = this;
+    r.calls.forEach(function (list) {
+      list.forEach(function (c) {
+        c.kind = "extra";
+        c.rlm = r;
+        r.extraCalls.push(c);
+        self._considerCall(c, c.seconds, c.cost, (c.inTok || 0) + (c.outTok || 0));
+      });
+    });
+    r.calls.clear();
+  };
+
+  // Waiting for a start slot, and the box getting ready: drawn in the timeline and atop the RLM.
+  RunView.prototype._onBox = function (ev) {
+    var r = this._rlm(ev.rlm_id), box = r.sandbox;
+    if (ev.event === "box_queued") box.queued = {t: ev.t, ahead: ev.ahead};
+    else if (ev.event === "box_wait") box.wait = {t: ev.t, seconds: isNum(ev.seconds) ? ev.seconds : 0};
+    else box.ready = ev;
+    if (!this.bulk && r.boxEl) this._drawBox(r);
   };
 
   RunView.prototype._newCell = function (r, code) {
@@ -378,7 +470,7 @@
     var cell = {kind: "cell", rlm: r, iter: it, index: null, code: code === undefined ? null : code, status: null, stdout: "", stderr: "",
                 error: null, notice: null, seconds: null, wall: null, t: null, start: null, done: false,
                 subs: [], children: [], seg: null, subsOpen: null, subShown: 0,
-                stats: {n: 0, tokens: 0, failed: 0, maxS: 0, cost: 0, costKnown: true, models: new Set(), kinds: new Set()},
+                stats: {n: 0, tools: 0, tokens: 0, failed: 0, maxS: 0, cost: 0, costKnown: true, models: new Set(), kinds: new Set()},
                 el: null, kidsEl: null, subsHeadEl: null, subsListEl: null, badgeEl: null};
     this._placeCell(it, cell);
     this.cells.push(cell);
@@ -435,27 +527,48 @@
   };
 
   RunView.prototype._onSubcall = function (ev) {
-    var r = this._rlm(ev.rlm_id), cell = this._pendingCell(r);
-    var sub = {kind: "sub", rlm: r, cell: cell, call: ev.kind ? String(ev.kind) : "llm_query", index: ev.index,
+    var r = this._rlm(ev.rlm_id);
+    var sub = {kind: "sub", tool: false, call: ev.kind ? String(ev.kind) : "llm_query", index: ev.index,
                model: ev.model ? String(ev.model) : null, status: ev.status ? String(ev.status) : "ok",
                error: ev.error ? str(ev.error) : null, seconds: isNum(ev.seconds) ? ev.seconds : null, t: ev.t,
                inTok: ev.input_tokens, outTok: ev.output_tokens, prompt: str(ev.prompt),
-               promptChars: ev.prompt_chars, response: ev.response === null || ev.response === undefined ? null : str(ev.response),
-               el: null, badgeEl: null, n: cell.subs.length};
-    sub.start = isNum(sub.t) && isNum(sub.seconds) ? sub.t - sub.seconds : sub.t;
-    sub.cost = this._cost(sub.model, sub.inTok, sub.outTok);
-    cell.subs.push(sub);
-    this.subs.push(sub);
-    var st = cell.stats;
-    st.n++;
-    st.tokens += (sub.inTok || 0) + (sub.outTok || 0);
-    if (sub.status !== "ok") { st.failed++; this.failedSubs.push(sub); }
-    if (isNum(sub.seconds) && sub.seconds > st.maxS) st.maxS = sub.seconds;
-    if (isNum(sub.cost)) st.cost += sub.cost; else st.costKnown = false;
-    if (sub.model) st.models.add(sub.model);
-    st.kinds.add(sub.call);
+               promptChars: ev.prompt_chars, response: ev.response === null || ev.response === undefined ? null : str(ev.response)};
+    var call = this._takeCall(r.id, ev.depth, sub.model);
+    sub.cost = call ? call.cost : this._cost(sub.model, sub.inTok, sub.outTok);
+    this._addSub(r, sub);
     this._usage(sub.model, sub.inTok, sub.outTok, sub.cost);
     this._considerCall(sub, sub.seconds, sub.cost, (sub.inTok || 0) + (sub.outTok || 0));
+  };
+
+  // A custom tool call: listed with its cell's sub-calls (arguments and result in place of prompt and
+  // answer); it costs no tokens and is not a model call.
+  RunView.prototype._onToolCall = function (ev) {
+    var r = this._rlm(ev.rlm_id);
+    this._addSub(r, {kind: "sub", tool: true, call: ev.name ? String(ev.name) : "tool", index: null, model: null,
+                     status: ev.status ? String(ev.status) : "ok", error: ev.error ? str(ev.error) : null,
+                     seconds: isNum(ev.seconds) ? ev.seconds : null, t: ev.t, inTok: null, outTok: null,
+                     prompt: str(ev.args), promptChars: null, cost: null,
+                     response: ev.result === null || ev.result === undefined ? null : str(ev.result)});
+  };
+
+  RunView.prototype._addSub = function (r, sub) {
+    var cell = this._pendingCell(r), st = cell.stats;
+    sub.rlm = r;
+    sub.cell = cell;
+    sub.el = null;
+    sub.badgeEl = null;
+    sub.n = cell.subs.length;
+    sub.start = isNum(sub.t) && isNum(sub.seconds) ? sub.t - sub.seconds : sub.t;
+    cell.subs.push(sub);
+    this.subs.push(sub);
+    st.n++;
+    if (sub.tool) st.tools++;
+    st.tokens += (sub.inTok || 0) + (sub.outTok || 0);
+    if (sub.status !== "ok") { st.failed++; (sub.tool ? this.failedTools : this.failedSubs).push(sub); }
+    if (isNum(sub.seconds) && sub.seconds > st.maxS) st.maxS = sub.seconds;
+    if (!sub.tool) { if (isNum(sub.cost)) st.cost += sub.cost; else st.costKnown = false; }
+    if (sub.model) st.models.add(sub.model);
+    st.kinds.add(sub.tool ? "tool " + sub.call : sub.call);
     if (!this.bulk && cell.el) this._subAdded(cell, sub);
   };
 
@@ -467,22 +580,38 @@
     r.seconds = isNum(ev.seconds) ? ev.seconds : null;
     r.endT = isNum(ev.t) ? ev.t : null;
     r.pendingCell = null;
-    if (r.plain) this._considerCall(r, r.seconds, null, 0);
+    r.thinking = null;
+    if (r.plain) {
+      var call = this._takeCall(r.id, ev.depth, r.model);
+      r.cost = call ? call.cost : null;
+      this._considerCall(r, r.seconds, r.cost, call ? (call.inTok || 0) + (call.outTok || 0) : 0);
+    }
+    this._settleCalls(r);
     if (!this.bulk && r.el) { this._drawRlmHead(r); if (r.bodyEl) this._drawRlmEnd(r); }
   };
 
+  // Anything else: notices, retries, compactions, a lost sandbox, kinds this page does not know. Each is
+  // a row in the iteration it names; one naming an iteration whose reply has not come yet (a compaction
+  // happens before the reply) waits at the RLM's end and then opens that iteration.
   RunView.prototype._onOther = function (ev) {
     var misc = {kind: "misc", ev: ev, rlm: null, iter: null, el: null};
+    if (ev.event === "sandbox_lost") this.lostBoxes.push(misc);
     if (ev.rlm_id !== undefined && ev.rlm_id !== null) {
       var r = this._rlm(ev.rlm_id);
       misc.rlm = r;
-      var it = null;
-      if (isNum(ev.iteration)) {
-        for (var i = r.iterations.length - 1; i >= 0; i--) if (r.iterations[i].n === ev.iteration) { it = r.iterations[i]; break; }
-      } else if (r.iterations.length) {
-        it = r.iterations[r.iterations.length - 1];
+      if (ev.event === "compaction") {
+        var call = this._takeCall(r.id, ev.depth, r.model);
+        misc.cost = call ? call.cost : this._cost(r.model, ev.input_tokens, ev.output_tokens);
+        this._considerCall(misc, isNum(ev.model_seconds) ? ev.model_seconds : null, misc.cost,
+                           (ev.input_tokens || 0) + (ev.output_tokens || 0));
       }
-      if (it) {
+      var it = null, last = r.iterations[r.iterations.length - 1];
+      if (isNum(ev.iteration)) it = this._iterOf(r, ev.iteration);
+      else it = last || null;
+      if (!it && isNum(ev.iteration) && !r.status && (!last || ev.iteration > last.n)) {
+        r.waiting.push(misc);
+        if (!this.bulk && r.endEl) this._drawRlmEnd(r);
+      } else if (it) {
         misc.iter = it;
         it.notes.push(misc);
         if (!this.bulk && it.bodyEl) add(it.bodyEl, this._miscView(misc));
@@ -590,6 +719,9 @@
 
   RunView.prototype._redrawRlmBody = function (r) {
     var body = clear(r.bodyEl);
+    r.boxEl = h("div", "box-line");
+    add(body, r.boxEl);
+    this._drawBox(r);
     for (var m = 0; m < r.misc.length; m++) add(body, this._miscView(r.misc[m]));
     for (var i = 0; i < r.iterations.length; i++) add(body, this._iterView(r.iterations[i]));
     r.endEl = h("div");
@@ -598,11 +730,41 @@
     if (r.plain && !r.iterations.length && !r.response && !r.status) add(body, h("div", "empty", "waiting for the model…"));
   };
 
+  // The sandbox of an RLM in one line: how long it waited for a start slot, started, got its context.
+  RunView.prototype._drawBox = function (r) {
+    var e = clear(r.boxEl), box = r.sandbox, ready = box.ready, parts = [];
+    if (r.plain || !r.box && !ready && !box.queued) { e.hidden = true; return; }
+    e.hidden = false;
+    add(e, h("span", "k", "sandbox"), h("span", "box-id", str(ready && ready.box_id || r.box)));
+    if (box.queued || box.wait) {
+      var waited = box.wait ? "waited " + fmtS(box.wait.seconds) + " for a start slot" : "waiting for a start slot";
+      if (box.queued && isNum(box.queued.ahead)) waited += " (" + plural(box.queued.ahead, "start") + " ahead)";
+      add(e, h("span", "pill " + (box.wait || ready ? "warn" : "run"), waited));
+    }
+    if (ready) {
+      if (ready.new === false) parts.push("reused");
+      if (isNum(ready.start_s)) parts.push("start " + fmtS(ready.start_s));
+      if (isNum(ready.upload_s)) parts.push("context upload " + fmtS(ready.upload_s));
+      if (isNum(ready.setup_s)) parts.push("setup " + fmtS(ready.setup_s));
+      add(e, h("span", "meta", "ready in " + fmtS(ready.seconds) + (parts.length ? " (" + parts.join(", ") + ")" : "")));
+    } else if (!r.status && this.live) {
+      add(e, h("span", "pill run", "starting…"));
+    }
+  };
+
   RunView.prototype._drawRlmEnd = function (r) {
     if (!r.endEl) return;
-    var e = clear(r.endEl);
+    var e = clear(r.endEl), i;
+    e.className = "";
+    for (i = 0; i < r.waiting.length; i++) add(e, this._miscView(r.waiting[i]));
+    if (r.thinking && !r.status && this.live) {
+      add(e, h("div", "thinking", "Iteration " + r.thinking.n + ": waiting for the model…"));
+    }
+    if (r.extraCalls.length) add(e, this._extraCallsView(r));
     if (!r.status) return;
-    e.className = "rlm-end";
+    var end = h("div", "rlm-end");
+    add(e, end);
+    e = end;
     add(e, h("span", "pill " + statusClass(r.status), r.status), " ",
         h("span", "meta", "ended after " + fmtS(r.seconds)));
     if (r.message) add(e, h("pre", "answer-message", r.message));
@@ -611,6 +773,24 @@
       this._reg(r, "response", pre);
       add(e, h("div", "label", r.status === "final" ? "Answer" : "Best answer"), pre);
     }
+  };
+
+  RunView.prototype._extraCallsView = function (r) {
+    var row = h("div", "ev extra-calls"), failed = 0, secs = 0, cost = 0, known = true, self = this;
+    r.extraCalls.forEach(function (c) {
+      if (c.failed) failed++;
+      secs += c.seconds || 0;
+      if (c.cost === null) known = false; else cost += c.cost;
+      c.el = row;
+      c.badgeEl = null;
+    });
+    add(row, h("span", "ev-name", plural(r.extraCalls.length, "other model call")),
+        h("span", null, "not a reply of an iteration" + (failed ? " · " + failed + " failed" : "") + " · " + fmtS(secs) +
+          (known ? " · " + fmtUsd(cost) : "")));
+    var badges = h("span");
+    add(row, badges);
+    r.extraCalls.forEach(function (c) { c.badgeEl = badges; self._drawBadges(c); });
+    return row;
   };
 
   RunView.prototype._toggleRlm = function (r) {
@@ -622,6 +802,7 @@
 
   RunView.prototype._iterView = function (it) {
     var self = this, div = h("div", "iter");
+    div.dataset.iteration = String(it.n);
     it.el = div;
     it.headEl = h("div", "iter-head");
     it.headEl.addEventListener("click", function () { self._toggleIter(it); });
@@ -643,7 +824,8 @@
     if (it.n !== 0) {
       var meta = h("span", "meta");
       add(meta, "model ", h("b", null, fmtS(it.modelS)), " · " + fmtInt(it.inTok) + " → " + fmtInt(it.outTok) + " tokens",
-          isNum(it.cost) ? " · " + fmtUsd(it.cost) : "", " · " + plural(cells, "cell"));
+          isNum(it.cost) ? " · " + fmtUsd(it.cost) : "", " · " + plural(cells, "cell"),
+          isNum(it.seconds) ? " · " + fmtS(it.seconds) + " in all" : "");
       add(e, meta);
     }
     if (failed) add(e, h("span", "pill bad", plural(failed, "failed cell")));
@@ -672,6 +854,7 @@
   RunView.prototype._redrawIterBody = function (it) {
     var body = clear(it.bodyEl), i;
     if (it.fields) it.fields.reply = [];
+    for (i = 0; i < it.pre.length; i++) add(body, this._miscView(it.pre[i]));
     for (i = 0; i < it.segs.length; i++) {
       var s = it.segs[i];
       if (s.kind === "text") {
@@ -713,6 +896,7 @@
     var status = cell.done ? cell.status : this.live ? "running" : "no result";
     if (failed) div.classList.add("failed");
     div.dataset.status = status;
+    if (isNum(cell.index)) div.dataset.cell = String(cell.index);
     var head = h("div", "cell-head");
     add(head, h("span", "name", "Cell" + (isNum(cell.index) ? " " + cell.index : "")),
         h("span", "pill " + statusClass(status), status === "running" ? "running…" : status));
@@ -805,9 +989,12 @@
     var st = cell.stats, e = clear(cell.subsHeadEl), caret = h("span", "caret", "▸");
     if (cell.subsOpen) caret.classList.add("open-caret");
     var kinds = Array.from(st.kinds).join(", "), models = Array.from(st.models).join(", ");
-    add(e, caret, h("span", "name", plural(st.n, "sub-call")),
-        h("span", "meta", kinds + (models ? " · " + models : "") + " · " + fmtInt(st.tokens) + " tokens" +
-          (st.costKnown && st.n ? " · " + fmtUsd(st.cost) : "") + " · slowest " + fmtS(st.maxS)),
+    var calls = st.n - st.tools, what = [];
+    if (calls) what.push(plural(calls, "sub-call"));
+    if (st.tools) what.push(plural(st.tools, "tool call"));
+    add(e, caret, h("span", "name", what.join(" and ")),
+        h("span", "meta", kinds + (models ? " · " + models : "") + (calls ? " · " + fmtInt(st.tokens) + " tokens" +
+          (st.costKnown ? " · " + fmtUsd(st.cost) : "") : "") + " · slowest " + fmtS(st.maxS)),
         st.failed ? h("span", "pill bad", st.failed + " failed") : null);
   };
 
@@ -852,21 +1039,22 @@
   };
 
   RunView.prototype._subView = function (sub) {
-    var row = h("div", "sub" + (sub.status !== "ok" ? " failed" : ""));
+    var row = h("div", "sub" + (sub.tool ? " tool" : "") + (sub.status !== "ok" ? " failed" : ""));
+    row.dataset.kind = sub.tool ? "tool" : "subcall";
     sub.el = row;
     var meta = h("div", "meta sub-meta");
-    add(meta, h("b", null, sub.call), sub.model ? " · " + sub.model : "", " · ",
+    add(meta, sub.tool ? "tool " : "", h("b", null, sub.call), sub.model ? " · " + sub.model : "", " · ",
         h("span", "pill " + statusClass(sub.status), sub.status), " · ", h("b", null, fmtS(sub.seconds)),
-        " · " + fmtInt(sub.inTok) + " → " + fmtInt(sub.outTok) + " tokens", isNum(sub.cost) ? " · " + fmtUsd(sub.cost) : "");
+        sub.tool ? "" : " · " + fmtInt(sub.inTok) + " → " + fmtInt(sub.outTok) + " tokens", isNum(sub.cost) ? " · " + fmtUsd(sub.cost) : "");
     sub.badgeEl = h("span");
     add(meta, sub.badgeEl);
     var prompt = h("div", "prompt");
-    add(prompt, h("div", "k", "prompt" + (isNum(sub.promptChars) && sub.promptChars > sub.prompt.length ?
+    add(prompt, h("div", "k", (sub.tool ? "arguments" : "prompt") + (isNum(sub.promptChars) && sub.promptChars > sub.prompt.length ?
         " (first " + fmtInt(sub.prompt.length) + " of " + fmtInt(sub.promptChars) + " characters)" : "")),
         this._clipText(sub, "prompt", sub.prompt, "pre", 6, 600));
     var resp = h("div", "response" + (sub.error ? " error" : ""));
     if (sub.error) add(resp, h("div", "k", "error"), this._clipText(sub, "error", sub.error, "pre", 6, 600));
-    if (sub.response !== null) add(resp, h("div", "k", "answer"), this._clipText(sub, "response", sub.response, "pre", 6, 600));
+    if (sub.response !== null) add(resp, h("div", "k", sub.tool ? "result" : "answer"), this._clipText(sub, "response", sub.response, "pre", 6, 600));
     add(row, h("div", "idx", isNum(sub.index) ? "#" + sub.index : "#" + (sub.n + 1)), meta, prompt, resp);
     this._drawBadges(sub);
     return row;
@@ -878,10 +1066,24 @@
     var ev = misc.ev, name = str(ev.event) || "event";
     var row = h("div", "ev " + name.replace(/[^a-z_]/gi, ""));
     misc.el = row;
-    add(row, h("span", "ev-name", name));
+    add(row, h("span", "ev-name", name === "sandbox_lost" ? "sandbox lost" : name));
     var body = h("span");
     if (name === "notice" && typeof ev.text === "string") {
       add(body, ev.text);
+    } else if (name === "compaction") {
+      row.classList.add("notice-box");
+      add(body, "The conversation was summarised to fit the model's context window" +
+          (ev.forced ? " (the provider said it was full)" : "") + ": ~" + fmtInt(ev.tokens_before) + " → ~" +
+          fmtInt(ev.tokens_after) + " tokens" + (isNum(ev.model_seconds) ? " · summary took " + fmtS(ev.model_seconds) : "") +
+          (isNum(misc.cost) ? " · " + fmtUsd(misc.cost) : "") + ". The full history stays in the REPL as `history`.");
+      if (ev.summary) add(body, this._clipText(misc, "summary", str(ev.summary), "pre", 3, 300, "summary"));
+      misc.badgeEl = h("span");
+      add(body, misc.badgeEl);
+      this._drawBadges(misc);
+    } else if (name === "sandbox_lost") {
+      row.classList.add("notice-box", "bad");
+      add(body, "Sandbox " + str(ev.box_id) + " was lost: " + str(ev.reason) +
+          ". Its REPL state is gone; the RLM stops here.");
     } else {
       var skip = {event: 1, t: 1, run_id: 1, rlm_id: 1, depth: 1, iteration: 1};
       Object.keys(ev).forEach(function (k) {
@@ -927,9 +1129,12 @@
                    cost_usd: u.cost_known === false ? null : u.cost_usd, retries: u.retries, failures: u.failures});
       });
     } else {
-      this.derivedUsage.forEach(function (u, m) {
+      // Before the final event: the settled model calls so far (exact), else what the steps say.
+      var calls = this.callUsage.size > 0;
+      (calls ? this.callUsage : this.derivedUsage).forEach(function (u, m) {
         rows.push({model: m, calls: u.calls, input_tokens: u.input_tokens, output_tokens: u.output_tokens,
-                   cost_usd: u.known ? u.cost_usd : null});
+                   cost_usd: u.known ? u.cost_usd : null, retries: calls ? u.retries : null,
+                   failures: calls ? u.failures : null});
       });
     }
     return rows;
@@ -974,30 +1179,10 @@
     add(e, stats);
 
     var alerts = h("div", "alerts");
-    if (this.failedCells.length) {
-      var a = h("a", "alert bad", "");
-      a.href = "#";
-      a.dataset.action = "failed-cells";
-      add(a, h("span", "ico", "✕"), plural(this.failedCells.length, "failed cell"));
-      a.addEventListener("click", function (ev) {
-        ev.preventDefault();
-        self.failedAt = (self.failedAt + 1) % self.failedCells.length;
-        self.reveal(self.failedCells[self.failedAt]);
-      });
-      add(alerts, a);
-    }
-    if (this.failedSubs.length) {
-      var b = h("a", "alert bad", "");
-      b.href = "#";
-      b.dataset.action = "failed-subcalls";
-      add(b, h("span", "ico", "✕"), plural(this.failedSubs.length, "failed sub-call"));
-      b.addEventListener("click", function (ev) {
-        ev.preventDefault();
-        self.failedSubAt = (self.failedSubAt + 1) % self.failedSubs.length;
-        self.reveal(self.failedSubs[self.failedSubAt]);
-      });
-      add(alerts, b);
-    }
+    add(alerts, this._cycleLink("failed-cells", this.failedCells, "failed cell"),
+        this._cycleLink("failed-subcalls", this.failedSubs, "failed sub-call"),
+        this._cycleLink("failed-tools", this.failedTools, "failed tool call"),
+        this._cycleLink("lost-sandboxes", this.lostBoxes, "lost sandbox", "lost sandboxes"));
     var m = this.marks;
     if (m.slowCall) add(alerts, this._markLink("slow", "slowest-call", "Slowest model call", m.slowCall, fmtS(m.slowCall._s)));
     if (m.slowCell) add(alerts, this._markLink("slow", "slowest-cell", "Slowest cell", m.slowCell, fmtS(m.slowCell.wall)));
@@ -1023,8 +1208,26 @@
     if (this.rlms.size > 1) add(e, this._outline());
   };
 
+  // A red link in the header that shows the next of `list` on each click; null for an empty list.
+  RunView.prototype._cycleLink = function (action, list, one, many) {
+    if (!list.length) return null;
+    var self = this, a = h("a", "alert bad", "");
+    a.href = "#";
+    a.dataset.action = action;
+    add(a, h("span", "ico", "✕"), plural(list.length, one, many));
+    a.addEventListener("click", function (ev) {
+      ev.preventDefault();
+      var at = self.cycleAt[action] = ((self.cycleAt[action] === undefined ? -1 : self.cycleAt[action]) + 1) % list.length;
+      self.reveal(list[at]);
+    });
+    return a;
+  };
+
   RunView.prototype._where = function (obj) {
     if (obj.kind === "rlm") return "RLM " + obj.id + " (plain call)";
+    if (obj.kind === "extra") return "RLM " + obj.rlm.id + ", a model call after its iterations";
+    if (obj.kind === "misc") return "RLM " + (obj.rlm ? obj.rlm.id : "?") + ", " + str(obj.ev.event) +
+        (obj.iter ? " in iteration " + obj.iter.n : "");
     if (obj.kind === "iter") return "RLM " + obj.rlm.id + ", iteration " + obj.n + " (reply)";
     if (obj.kind === "cell") return "RLM " + obj.rlm.id + ", iteration " + obj.iter.n + ", cell" + (isNum(obj.index) ? " " + obj.index : "");
     if (obj.kind === "sub") return "RLM " + obj.rlm.id + ", iteration " + obj.cell.iter.n + ", " + obj.call +
@@ -1087,7 +1290,7 @@
     if (o.kind === "cell") return o.iter;
     if (o.kind === "iter") return o.rlm;
     if (o.kind === "rlm") return o.cell;
-    if (o.kind === "misc") return o.iter || o.rlm;
+    if (o.kind === "misc" || o.kind === "extra") return o.iter || o.rlm;
     return null;
   }
 
@@ -1148,7 +1351,9 @@
     if (f && f.response) out.push([run, "answer", str(f.response)]);
     this.rlmOrder.forEach(function (r) {
       r.misc.forEach(function (m) { out.push([m, "text", JSON.stringify(m.ev)]); });
+      r.waiting.forEach(function (m) { out.push([m, "text", JSON.stringify(m.ev)]); });
       r.iterations.forEach(function (it) {
+        it.pre.forEach(function (m) { out.push([m, "text", JSON.stringify(m.ev)]); });
         if (it.reply) out.push([it, "reply", it.reply]);
         var cells = it.segs.filter(function (s) { return s.cell; }).map(function (s) { return s.cell; }).concat(it.extra);
         cells.forEach(function (c) {
@@ -1273,16 +1478,16 @@
         var end = isNum(r.endT) ? r.endT : self.run.lastT;
         if (isNum(r.startT)) items.push({start: r.startT, end: end, color: COLORS.plain, obj: r, label: "plain model call"});
       } else {
-        var firstIter = r.iterations.filter(function (x) { return isNum(x.start) && x.n !== 0; })[0];
-        if (isNum(boot0) && firstIter && firstIter.start - boot0 > 0.0005) {
-          items.push({start: boot0, end: firstIter.start, color: COLORS.boot, obj: r, label: "sandbox start-up and context upload"});
-        }
+        self._boxItems(r, boot0, items);
         r.iterations.forEach(function (it) {
           if (it.n === 0 || !isNum(it.start)) return;
           items.push({start: it.start, end: it.t, color: COLORS.model, obj: it, label: "model call"});
           it.segs.forEach(function (s) { if (s.cell) cellItem(s.cell); });
           it.extra.forEach(cellItem);
         });
+        if (r.thinking && !r.status && isNum(r.thinking.t)) {
+          items.push({start: r.thinking.t, end: null, color: COLORS.model, obj: r, label: "model call (waiting for the reply)"});
+        }
       }
       function cellItem(c) {
         if (!c.done || !isNum(c.start)) return;
@@ -1290,7 +1495,8 @@
                     label: "cell" + (c.status === "ok" ? "" : " (" + c.status + ")")});
       }
       var span = [isNum(boot0) ? boot0 : null, isNum(r.endT) ? r.endT : null];
-      lanes.push({kind: "main", rlm: r, label: "RLM " + r.id, items: items, span: span, tracks: 1});
+      lanes.push({kind: "main", rlm: r, label: "RLM " + r.id, items: items, span: span, tracks: 1,
+                  strip: items.some(function (x) { return x.strip; })});
       var subs = [];
       r.iterations.forEach(function (it) {
         it.segs.forEach(function (s) { if (s.cell) subs.push.apply(subs, s.cell.subs); });
@@ -1306,15 +1512,50 @@
           if (t < 0 && ends.length < maxTracks) { t = ends.length; ends.push(0); }
           if (t < 0) { t = 0; for (var j = 1; j < ends.length; j++) if (ends[j] < ends[t]) t = j; }
           ends[t] = Math.max(ends[t], s.t);
-          sitems.push({start: s.start, end: s.t, track: t, color: s.status === "ok" ? COLORS.sub : COLORS.subFailed,
-                       obj: s, label: s.call});
+          sitems.push({start: s.start, end: s.t, track: t, obj: s, label: s.call,
+                       color: s.status !== "ok" ? COLORS.subFailed : s.tool ? COLORS.tool : COLORS.sub});
         });
-        lanes.push({kind: "subs", rlm: r, label: plural(subs.length, "sub-call"), items: sitems, tracks: Math.max(1, ends.length)});
+        var tools = subs.filter(function (x) { return x.tool; }).length;
+        lanes.push({kind: "subs", rlm: r, items: sitems, tracks: Math.max(1, ends.length),
+                    label: tools === subs.length ? plural(tools, "tool call") : plural(subs.length - tools, "sub-call") +
+                      (tools ? " + " + fmtInt(tools) + " tools" : "")});
       }
       r.children.forEach(walk);
     }
     this.run.roots.forEach(walk);
     return lanes;
+  };
+
+  // The sandbox strip under an RLM's lane: the wait for a start slot, the start, the context upload and
+  // setup (from sandbox_ready's times); on a live page, what is still under way.
+  RunView.prototype._boxItems = function (r, boot0, items) {
+    var box = r.sandbox, ready = box.ready, live = this.live && !r.status;
+    function item(start, end, color, label) {
+      if (isNum(start) && (end === null || isNum(end) && end - start > 0.0005)) {
+        items.push({start: start, end: end, color: color, obj: r, label: label, strip: true});
+      }
+    }
+    if (ready && isNum(ready.t) && isNum(ready.seconds)) {
+      var at = ready.t - ready.seconds;
+      if (ready.new === false) { item(at, ready.t, COLORS.upload, "context upload (box reused)"); return; }
+      var waited = isNum(ready.wait_s) ? ready.wait_s : box.wait ? box.wait.seconds : 0;
+      item(at, at + waited, COLORS.queue, "waiting for a sandbox start slot");
+      var started = isNum(ready.start_s) ? at + waited + ready.start_s : ready.t;
+      item(at + waited, started, COLORS.boot, "sandbox start");
+      item(started, ready.t, COLORS.upload, "context upload and setup");
+    } else if (ready) {
+      return;
+    } else if (box.wait && isNum(box.wait.t)) {
+      item(box.wait.t - box.wait.seconds, box.wait.t, COLORS.queue, "waited for a sandbox start slot");
+      if (live) item(box.wait.t, null, COLORS.boot, "sandbox starting");
+    } else if (box.queued && live) {
+      item(box.queued.t, null, COLORS.queue, "waiting for a sandbox start slot");
+    } else if (live && r.box) {
+      item(r.startT, null, COLORS.boot, "sandbox starting");
+    } else {  // a log from before sandbox_ready: the gap before the first reply
+      var first = r.iterations.filter(function (x) { return isNum(x.start) && x.n !== 0; })[0];
+      if (first) item(boot0, first.start, COLORS.boot, "sandbox start-up and context upload");
+    }
   };
 
   RunView.prototype._drawTimeline = function () {
@@ -1324,7 +1565,8 @@
     lanes.forEach(function (l) {
       l.y = y;
       l.h = l.kind === "main" ? 16 : Math.max(8, l.tracks * 6);
-      y += l.h + (l.kind === "main" ? 6 : 10);
+      l.stripH = l.strip ? 6 : 0;
+      y += l.h + l.stripH + (l.kind === "main" ? 6 : 10);
     });
     var height = Math.max(y + 4, 60), dpr = global.devicePixelRatio || 1;
     canvas.style.width = width + "px";
@@ -1367,10 +1609,11 @@
       var lastColor = null;
       for (var k = 0; k < l.items.length; k++) {
         var it = l.items[k], x0 = X(it.start), w = Math.max(1, X(isNum(it.end) ? it.end : this.run.lastT) - x0);
-        var yy = l.kind === "main" ? l.y : l.y + it.track * (th + 1);
+        var yy = it.strip ? l.y + l.h + 1 : l.kind === "main" ? l.y : l.y + it.track * (th + 1);
+        var ih = it.strip ? l.stripH - 1 : th;
         if (it.color !== lastColor) { ctx.fillStyle = it.color; lastColor = it.color; }
-        ctx.fillRect(x0, yy, w, th);
-        it.box = [x0, yy, w, th];
+        ctx.fillRect(x0, yy, w, ih);
+        it.box = [x0, yy, w, ih];
         if (it.obj === marks.slowCall || it.obj === marks.slowCell || it.obj === marks.costly) marked.push(it);
       }
     }
@@ -1399,7 +1642,7 @@
     var lanes = this._tl.lanes;
     for (var i = 0; i < lanes.length; i++) {
       var l = lanes[i];
-      if (y < l.y - 3 || y > l.y + l.h + 3) continue;
+      if (y < l.y - 3 || y > l.y + l.h + l.stripH + 3) continue;
       for (var k = 0; k < l.items.length; k++) {
         var b = l.items[k].box;
         if (!b || x < b[0] - 2 || x > b[0] + b[2] + 2 || y < b[1] - 2 || y > b[1] + b[3] + 2) continue;
@@ -1414,7 +1657,10 @@
     if (!hit) { tip.hidden = true; this.canvas.style.cursor = "default"; return; }
     this.canvas.style.cursor = "pointer";
     var o = hit.obj, lines = [];
-    if (o.kind === "sub") {
+    if (o.kind === "sub" && o.tool) {
+      lines.push("tool " + o.call + " · " + o.status, fmtS(o.seconds), "arguments: " + oneLine(o.prompt, 160),
+                 o.error ? "error: " + oneLine(o.error, 160) : "result: " + oneLine(o.response, 160));
+    } else if (o.kind === "sub") {
       lines.push(o.call + (o.model ? " · " + o.model : "") + " · " + o.status, fmtS(o.seconds) + " · " +
                  fmtInt(o.inTok) + " → " + fmtInt(o.outTok) + " tokens" + (isNum(o.cost) ? " · " + fmtUsd(o.cost) : ""),
                  "prompt: " + oneLine(o.prompt, 160), o.error ? "error: " + oneLine(o.error, 160) : "answer: " + oneLine(o.response, 160));
@@ -1425,9 +1671,10 @@
       lines.push("RLM " + o.rlm.id + " · iteration " + o.iter.n + " · cell " + (o.index || "") + " · " + o.status,
                  fmtS(o.wall) + (o.subs.length ? " · " + plural(o.subs.length, "sub-call") : ""), oneLine(o.code, 160));
     } else {
-      lines.push("RLM " + o.id + " · " + hit.label, fmtS(hit.end - hit.start));
+      var end = isNum(hit.end) ? hit.end : this.run.lastT;
+      lines.push("RLM " + o.id + " · " + hit.label, fmtS(end - hit.start) + (isNum(hit.end) ? "" : " so far"));
     }
-    lines.push("from " + fmtS(hit.start) + " to " + fmtS(hit.end));
+    lines.push("from " + fmtS(hit.start) + " to " + (isNum(hit.end) ? fmtS(hit.end) : "now"));
     tip.textContent = lines.join("\n");
     tip.hidden = false;
     tip.style.left = Math.min(e.clientX + 14, global.innerWidth - 440) + "px";
