@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import pytest
 import structlog
@@ -25,5 +26,11 @@ def no_leftover_box_processes():
     """No local box started by this test session may have a process left when the session ends (other
     sessions' boxes on the same machine are not ours to judge: they carry another controller pid)."""
     yield
-    left = sorted(marked_processes(f"{CONTROLLER_ENV}={os.getpid()}"))
+    # A box whose controller side went away without closing it (its event loop ended) is ended by its
+    # agent, which exits when its connection closes: that takes a moment. What is still running after
+    # the deadline is a leak.
+    marker = f"{CONTROLLER_ENV}={os.getpid()}"
+    deadline = time.monotonic() + 20.0
+    while (left := sorted(marked_processes(marker))) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert not left, f"sandbox processes left running after the tests: {left}"
