@@ -1517,8 +1517,8 @@
         });
         var tools = subs.filter(function (x) { return x.tool; }).length;
         lanes.push({kind: "subs", rlm: r, items: sitems, tracks: Math.max(1, ends.length),
-                    label: tools === subs.length ? plural(tools, "tool call") : plural(subs.length - tools, "sub-call") +
-                      (tools ? " + " + fmtInt(tools) + " tools" : "")});
+                    label: !tools ? plural(subs.length, "sub-call") : tools === subs.length ? plural(tools, "tool call") :
+                      fmtInt(subs.length - tools) + " sub · " + fmtInt(tools) + " tool"});
       }
       r.children.forEach(walk);
     }
@@ -1531,6 +1531,7 @@
   RunView.prototype._boxItems = function (r, boot0, items) {
     var box = r.sandbox, ready = box.ready, live = this.live && !r.status;
     function item(start, end, color, label) {
+      if (isNum(start)) start = Math.max(0, start);  // times derived from durations can fall before the run
       if (isNum(start) && (end === null || isNum(end) && end - start > 0.0005)) {
         items.push({start: start, end: end, color: color, obj: r, label: label, strip: true});
       }
