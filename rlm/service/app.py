@@ -8,6 +8,7 @@
     GET  /v1/runs/{id}/events         its events as Server-Sent Events (Last-Event-ID resumes)
     GET  /v1/usage                    this tenant's calls, tokens and dollars by day and model
     GET  /healthz, /readyz, /metrics  operations
+    GET  /ui, /ui/runs/{id}           web pages: the runs, one run live (rlm.service.ui)
 
 Every /v1 request authenticates with ``Authorization: Bearer KEY`` and sees only its own tenant's
 runs and contexts: anything else is 404, exactly as if it did not exist.
@@ -43,6 +44,7 @@ from rlm.service.runner import rlm_supports_custom_tools
 from rlm.service.runs import QueueFull, RunManager
 from rlm.service.sse import run_events
 from rlm.service.store import QuotaExhausted, Store, new_id, utc_day
+from rlm.service.ui import mount_ui
 
 log = structlog.get_logger("rlm.service")
 
@@ -363,6 +365,7 @@ def create_app(config: Config, *, database_url: str | None = None) -> FastAPI:
                 raise ApiError(401, "unauthenticated", "metrics need 'Authorization: Bearer <metrics token>'")
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    mount_ui(app)
     return app
 
 

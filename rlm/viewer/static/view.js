@@ -70,7 +70,7 @@
   }
   function statusClass(status) {
     if (status === "ok" || status === "final") return "ok";
-    if (status === "running") return "run";
+    if (status === "running" || status === "queued") return "run";
     if (status === "error" || status === "oom" || status === "sandbox_lost" || status === "timeout" ||
         status === "kernel_restarted") return "bad";
     return "warn";
@@ -250,7 +250,7 @@
   };
 
   RunView.prototype._reset = function () {
-    this.run = {id: null, question: null, final: null, lastT: 0, roots: [], misc: [], config: null};
+    this.run = {id: null, question: null, final: null, lastT: 0, roots: [], misc: [], config: null, service: null};
     this.rlms = new Map();
     this.rlmOrder = [];
     this.iters = [];
@@ -298,6 +298,7 @@
         case "box_queued": case "box_wait": case "sandbox_ready": return this._onBox(ev);
         case "rlm_end": return this._onRlmEnd(ev);
         case "final": this.run.final = ev; return;
+        case "status": return this._onServiceStatus(ev);
         default: return this._onOther(ev);
       }
     } catch (err) {
@@ -593,6 +594,27 @@
   // Anything else: notices, retries, compactions, a lost sandbox, kinds this page does not know. Each is
   // a row in the iteration it names; one naming an iteration whose reply has not come yet (a compaction
   // happens before the reply) waits at the RLM's end and then opens that iteration.
+  // A service's own "status" event (rlm serve): queued, running, then how the run ended. A run that
+  // was cancelled or interrupted has no final event: this is how the page learns it is over.
+  RunView.prototype._onServiceStatus = function (ev) {
+    var status = ev.status ? String(ev.status) : null;
+    if (!status) return;
+    this.run.service = {status: status, message: ev.message ? str(ev.message) : null,
+                        over: status !== "queued" && status !== "running"};
+    if (!this.run.service.over || !this.live) return;
+    this.live = false;  // nothing more will come: what was under way stopped
+    if (this.bulk) return;
+    var self = this;
+    this.rlmOrder.forEach(function (r) {
+      if (!r.el) return;
+      self._drawRlmHead(r);
+      if (r.endEl) self._drawRlmEnd(r);
+      var last = r.iterations[r.iterations.length - 1];
+      if (last && last.bodyEl) self._redrawIterBody(last);
+      if (r.boxEl) self._drawBox(r);
+    });
+  };
+
   RunView.prototype._onOther = function (ev) {
     var misc = {kind: "misc", ev: ev, rlm: null, iter: null, el: null};
     if (ev.event === "sandbox_lost") this.lostBoxes.push(misc);
@@ -691,7 +713,8 @@
     var e = clear(r.headEl);
     var caret = h("span", "caret", "▸");
     if (r.open) caret.classList.add("open-caret");
-    var status = r.status || (r.started ? "running" : "unknown");
+    var over = this.run.service && this.run.service.over ? this.run.service.status : null;
+    var status = r.status || over || (r.started ? "running" : "unknown");
     add(e, caret, h("span", "name", (r.parent ? "Child RLM " : "RLM ") + r.id),
         h("span", "pill", "depth " + r.depth),
         r.model ? h("span", "meta", r.model) : null,
@@ -1108,10 +1131,12 @@
   };
 
   RunView.prototype._status = function () {
-    var f = this.run.final;
+    var f = this.run.final, service = this.run.service;
     if (f && f.status) return String(f.status);
+    if (service && service.over) return service.status;
     var root = this.run.roots[0];
     if (root && root.status) return root.status;
+    if (service) return service.status;
     return this.live ? "running" : "unfinished";
   };
 
@@ -1148,16 +1173,19 @@
     var q = h("div", "question", run.question === null || run.question === undefined ? "(no question: the context is the task)" : run.question);
     this._reg(run, "question", q, true);
     add(e, q);
-    var cls = status === "final" ? "" : statusClass(status) === "bad" ? " bad" : status === "running" ? " running" : " warn";
+    var cls = status === "final" ? "" : statusClass(status) === "bad" ? " bad" :
+        status === "running" || status === "queued" ? " running" : " warn";
     var box = h("div", "answer" + cls), head = h("div", "answer-head");
-    add(head, h("span", "label", status === "final" ? "Answer" : status === "running" ? "Answer (not yet)" : "Best answer"),
+    var waiting = status === "running" || status === "queued";
+    add(head, h("span", "label", status === "final" ? "Answer" : waiting ? "Answer (not yet)" : "Best answer"),
         h("span", "pill " + statusClass(status), status));
     var answer = f ? f.response : (run.roots[0] ? run.roots[0].response : null);
     var text = h("div", "answer-text", answer === null || answer === undefined ? "—" : str(answer));
     text.dataset.role = "answer";
     this._reg(run, "answer", text, true);
     add(box, head, text);
-    var message = f ? f.message : (run.roots[0] ? run.roots[0].message : null);
+    var message = f ? f.message : run.service && run.service.over && run.service.message ? run.service.message :
+        (run.roots[0] ? run.roots[0].message : null);
     if (message) add(box, h("div", "answer-message", str(message)));
     add(e, box);
 
