@@ -153,11 +153,14 @@ def test_cancel_from_the_run_page_and_filter_and_page_the_list(ui_service: Servi
         busy = submit(client, "Count forever [sleep]", context=CONTEXT)
         browser.get(f"{ui_service.url}/ui/runs/{busy['id']}")
         wait(browser, lambda d: "running…" in text_of(d, ".not-run .pill"), "the sleeping cell never showed running")
-        wait_until(lambda: run_boxes(busy["id"]), 60, "the run's box")
+        wait(browser, lambda d: "ready in" in text_of(d, ".box-line"), "the page never said the box was ready")
+        assert run_boxes(busy["id"])  # the box is up and its cell sleeps
         by_css(browser, "[data-action=cancel]")[0].click()
         wait(browser, lambda d: text_of(d, ".run-card [data-role=status]") == "cancelled", "cancel did not show")
         assert client.get(f"/v1/runs/{busy['id']}").json()["status"] == "cancelled"
         wait(browser, lambda d: "cancelled" in text_of(d, ".answer-head"), "the run view did not end as cancelled")
+        assert text_of(browser, ".not-run .pill") == "stopped: run cancelled"
+        assert text_of(browser, "section.rlm[data-rlm='0'] .rlm-head .pill.warn") == "cancelled"
         wait_until(lambda: not run_boxes(busy["id"]), 60, "the cancelled run's box to go")
         screenshot(browser, artifacts / "service-run-cancelled.png", full_page=False)
     # Filter by status, through the page's own control.

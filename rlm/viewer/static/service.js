@@ -249,7 +249,7 @@
           h("td", "meta", run.settings && run.settings.model ? run.settings.model : "–"),
           h("td", "meta", fmtWhen(run.started_at || run.created_at)), h("td", "num", duration(run)),
           h("td", "num", fmtUsd(result.cost_usd)), h("td", "num", fmtInt(result.tokens)),
-          h("td", "answer", oneLine(answer, 140)));
+          h("td", "answer-cell", oneLine(answer, 140)));
       return tr;
     }
 

@@ -176,6 +176,17 @@
   RunView.prototype.addEvent = function (event) {
     this._ingest(event);
     this._schedule();
+    this._tick();
+  };
+
+  // A live page redraws its clock-driven parts (wall time, the timeline) each second until the run ends.
+  RunView.prototype._tick = function () {
+    var self = this;
+    if (this._ticking || !this.live || this.run.final) return;
+    this._ticking = global.setInterval(function () {
+      if (!self.live || self.run.final) { global.clearInterval(self._ticking); self._ticking = null; return; }
+      if (global.document.visibilityState !== "hidden") self._schedule();
+    }, 1000);
   };
 
   // -- skeleton
@@ -282,7 +293,7 @@
 
   RunView.prototype._ingest = function (ev) {
     if (!ev || typeof ev !== "object" || Array.isArray(ev)) ev = {event: "malformed", value: ev};
-    if (isNum(ev.t) && ev.t > this.run.lastT) this.run.lastT = ev.t;
+    if (isNum(ev.t) && ev.t > this.run.lastT) { this.run.lastT = ev.t; this.run.lastAt = Date.now(); }
     if (ev.run_id && !this.run.id) this.run.id = String(ev.run_id);
     try {
       switch (ev.event) {
@@ -602,6 +613,7 @@
     this.run.service = {status: status, message: ev.message ? str(ev.message) : null,
                         over: status !== "queued" && status !== "running"};
     if (!this.run.service.over || !this.live) return;
+    this.run.lastT = this._now();  // the run ended about now (the service's events carry no run time)
     this.live = false;  // nothing more will come: what was under way stopped
     if (this.bulk) return;
     var self = this;
@@ -898,9 +910,12 @@
   };
 
   RunView.prototype._unranView = function (it, seg) {
-    var r = it.rlm, running = this.live && !r.status && r.iterations[r.iterations.length - 1] === it;
+    var r = it.rlm, current = !r.status && r.iterations[r.iterations.length - 1] === it;
+    var service = this.run.service, stopped = current && !this.live && service && service.over;
     var div = h("div", "cell not-run"), head = h("div", "cell-head");
-    add(head, h("span", "name", "Code block"), h("span", "pill" + (running ? " run" : ""), running ? "running…" : "not run"));
+    add(head, h("span", "name", "Code block"),
+        h("span", "pill" + (current && this.live ? " run" : stopped ? " warn" : ""),
+          current && this.live ? "running…" : stopped ? "stopped: run " + service.status : "not run"));
     add(div, head, this._codeBlock(it, "reply", seg.code));
     return div;
   };
@@ -1140,9 +1155,17 @@
     return this.live ? "running" : "unfinished";
   };
 
+  // The run's clock: its last event's time, and on a live page the time since that event came, so a
+  // step under way (a model call, a box start) grows while nothing else happens.
+  RunView.prototype._now = function () {
+    var run = this.run;
+    if (!this.live || run.final || !isNum(run.lastAt)) return run.lastT;
+    return run.lastT + Math.max(0, Date.now() - run.lastAt) / 1000;
+  };
+
   RunView.prototype._wall = function () {
     var f = this.run.final;
-    return f && isNum(f.execution_time) ? Math.max(f.execution_time, this.run.lastT) : this.run.lastT;
+    return f && isNum(f.execution_time) ? Math.max(f.execution_time, this.run.lastT) : this._now();
   };
 
   RunView.prototype._usageRows = function () {
@@ -1503,7 +1526,7 @@
       if (lanes.length >= TL_MAX_LANES) return;
       var items = [], boot0 = isNum(r.endT) && isNum(r.seconds) ? r.endT - r.seconds : r.startT;
       if (r.plain) {
-        var end = isNum(r.endT) ? r.endT : self.run.lastT;
+        var end = isNum(r.endT) ? r.endT : self._now();
         if (isNum(r.startT)) items.push({start: r.startT, end: end, color: COLORS.plain, obj: r, label: "plain model call"});
       } else {
         self._boxItems(r, boot0, items);
@@ -1590,6 +1613,7 @@
   RunView.prototype._drawTimeline = function () {
     var canvas = this.canvas, lanes = this._lanes();
     var width = this.tlWrap.clientWidth || 900, labelW = 110, padR = 14, axisH = 22, total = Math.max(this._wall(), 0.001);
+    var now = this._now();
     var y = axisH + 4, i;
     lanes.forEach(function (l) {
       l.y = y;
@@ -1631,13 +1655,13 @@
       ctx.fillText(clipLabel(ctx, l.label, labelW - 8 - indent), 4 + indent, l.y + l.h / 2);
       if (l.kind === "main" && l.span[0] !== null) {
         ctx.fillStyle = COLORS.span;
-        var s1 = l.span[1] === null ? this.run.lastT : l.span[1];
+        var s1 = l.span[1] === null ? now : l.span[1];
         ctx.fillRect(X(l.span[0]), l.y - 2, Math.max(1, X(s1) - X(l.span[0])), l.h + 4);
       }
       var th = l.kind === "main" ? l.h : Math.max(3, Math.floor(l.h / l.tracks) - 1);
       var lastColor = null;
       for (var k = 0; k < l.items.length; k++) {
-        var it = l.items[k], x0 = X(it.start), w = Math.max(1, X(isNum(it.end) ? it.end : this.run.lastT) - x0);
+        var it = l.items[k], x0 = X(it.start), w = Math.max(1, X(isNum(it.end) ? it.end : now) - x0);
         var yy = it.strip ? l.y + l.h + 1 : l.kind === "main" ? l.y : l.y + it.track * (th + 1);
         var ih = it.strip ? l.stripH - 1 : th;
         if (it.color !== lastColor) { ctx.fillStyle = it.color; lastColor = it.color; }
@@ -1700,7 +1724,7 @@
       lines.push("RLM " + o.rlm.id + " · iteration " + o.iter.n + " · cell " + (o.index || "") + " · " + o.status,
                  fmtS(o.wall) + (o.subs.length ? " · " + plural(o.subs.length, "sub-call") : ""), oneLine(o.code, 160));
     } else {
-      var end = isNum(hit.end) ? hit.end : this.run.lastT;
+      var end = isNum(hit.end) ? hit.end : this._now();
       lines.push("RLM " + o.id + " · " + hit.label, fmtS(end - hit.start) + (isNum(hit.end) ? "" : " so far"));
     }
     lines.push("from " + fmtS(hit.start) + " to " + (isNum(hit.end) ? fmtS(hit.end) : "now"));
