@@ -293,10 +293,8 @@
   function runPage(runId) {
     var main = frame(), card = h("section", "card run-card"), viewEl = h("div", "run-view");
     add(main, card, viewEl);
-    var current = null, view = null;
 
     function drawHead(run) {
-      current = run;
       clear(card);
       var back = h("a", "back", "← All runs");
       back.href = "/ui";
@@ -336,13 +334,18 @@
     function reload() {
       return api("/v1/runs/" + encodeURIComponent(runId)).then(function (run) {
         drawHead(run);
-        if (ACTIVE[run.status]) later(reload, POLL_MS);
+        if (ACTIVE[run.status]) later(poll, POLL_MS);
         return run;
       });
     }
 
+    // The header again while the run is under way (its time, then its cost once it has ended).
+    function poll() {
+      reload().catch(function (err) { if (!(err instanceof ApiError)) later(poll, POLL_MS * 2); });
+    }
+
     reload().then(function (run) {
-      view = global.RLMRunView.create(viewEl, {prices: {}, live: !!ACTIVE[run.status]});
+      var view = global.RLMRunView.create(viewEl, {prices: {}, live: !!ACTIVE[run.status]});
       global.rlmView = view;
       mark("ready");
       follow(runId, view, !ACTIVE[run.status]);

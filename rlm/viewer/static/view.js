@@ -376,10 +376,10 @@
     var it = {kind: "iter", rlm: r, n: isNum(ev.iteration) ? ev.iteration : r.iterations.length + 1,
               reply: str(ev.reply), segs: splitReply(ev.reply), extra: [], notes: [], pre: r.waiting, t: ev.t,
               modelS: isNum(ev.model_seconds) ? ev.model_seconds : null, inTok: ev.input_tokens,
-              outTok: ev.output_tokens, cost: null, seconds: null, began: null, open: true, el: null,
+              outTok: ev.output_tokens, cost: null, seconds: null, open: true, el: null,
               bodyEl: null, badgeEl: null};
     it.start = isNum(it.t) && isNum(it.modelS) ? it.t - it.modelS : it.t;
-    if (ev.iteration !== 0 && r.thinking) { it.began = r.thinking.t; r.thinking = null; }
+    if (ev.iteration !== 0) r.thinking = null;  // the reply came
     r.waiting = [];
     it.pre.forEach(function (m) { m.iter = it; });
     var call = ev.iteration === 0 ? null : this._takeCall(r.id, ev.depth, r.model);
@@ -602,9 +602,6 @@
     if (!this.bulk && r.el) { this._drawRlmHead(r); if (r.bodyEl) this._drawRlmEnd(r); }
   };
 
-  // Anything else: notices, retries, compactions, a lost sandbox, kinds this page does not know. Each is
-  // a row in the iteration it names; one naming an iteration whose reply has not come yet (a compaction
-  // happens before the reply) waits at the RLM's end and then opens that iteration.
   // A service's own "status" event (rlm serve): queued, running, then how the run ended. A run that
   // was cancelled or interrupted has no final event: this is how the page learns it is over.
   RunView.prototype._onServiceStatus = function (ev) {
@@ -627,6 +624,9 @@
     });
   };
 
+  // Anything else: notices, retries, compactions, a lost sandbox, kinds this page does not know. Each is
+  // a row in the iteration it names; one naming an iteration whose reply has not come yet (a compaction
+  // happens before the reply) waits at the RLM's end and then opens that iteration.
   RunView.prototype._onOther = function (ev) {
     var misc = {kind: "misc", ev: ev, rlm: null, iter: null, el: null};
     if (ev.event === "sandbox_lost") this.lostBoxes.push(misc);
@@ -790,7 +790,6 @@
   RunView.prototype._drawRlmEnd = function (r) {
     if (!r.endEl) return;
     var e = clear(r.endEl), i;
-    e.className = "";
     for (i = 0; i < r.waiting.length; i++) add(e, this._miscView(r.waiting[i]));
     if (r.thinking && !r.status && this.live) {
       add(e, h("div", "thinking", "Iteration " + r.thinking.n + ": waiting for the model…"));
@@ -1189,7 +1188,7 @@
   };
 
   RunView.prototype._drawSummary = function () {
-    var self = this, run = this.run, e = clear(this.summaryEl), f = run.final, status = this._status();
+    var run = this.run, e = clear(this.summaryEl), f = run.final, status = this._status();
     this.runIdEl.textContent = run.id || "";
     this.liveEl.textContent = this.live && !f ? "● live" : "";
     add(e, h("div", "label", "Question"));
@@ -1268,7 +1267,8 @@
     add(a, h("span", "ico", "✕"), plural(list.length, one, many));
     a.addEventListener("click", function (ev) {
       ev.preventDefault();
-      var at = self.cycleAt[action] = ((self.cycleAt[action] === undefined ? -1 : self.cycleAt[action]) + 1) % list.length;
+      var at = ((action in self.cycleAt ? self.cycleAt[action] : -1) + 1) % list.length;
+      self.cycleAt[action] = at;
       self.reveal(list[at]);
     });
     return a;
