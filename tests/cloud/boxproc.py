@@ -22,9 +22,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator
 
 from sandboxes.backends.local import kill_sweep, marked_processes
+
+if TYPE_CHECKING:
+    from sandboxes.transport import ByteStream
 
 MARKER_ENV = "FAKE_PROVIDER_BOX"
 # Marker values start with the test process's pid, so two test sessions on one machine never kill
@@ -158,3 +161,14 @@ class BoxProcess:
     def destroy_sync(self) -> None:
         self.kill_all()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+async def until_ready(stream: "ByteStream", timeout: float = 60.0) -> None:
+    """Read a freshly started agent's stream up to its ``ready`` message: the agent and its kernel
+    are then running (a process that is still being exec'd does not show its environment yet)."""
+    seen = b""
+    async with asyncio.timeout(timeout):
+        while b'"ready"' not in seen:
+            data = await stream.read()
+            assert data, "the agent ended before it was ready"
+            seen = seen[-16:] + data

@@ -14,6 +14,7 @@ from sandboxes.backends.cloud.e2b import DEFAULT_TEMPLATE, E2BSandbox
 from sandboxes.box_tags import BOX_ID_LABEL, EXPIRES_LABEL, OWNER_LABEL, USER_LABEL_PREFIX
 from sandboxes.errors import SandboxStartError
 from sandboxes.backends.guest_bundle import guest_files
+from tests.cloud.boxproc import until_ready
 from tests.cloud.conftest import fake_box_processes
 
 
@@ -109,7 +110,7 @@ async def test_refused_create_says_what_to_check(e2b_fake) -> None:
 
 async def test_emergency_destroy_uses_the_sync_client(e2b_fake) -> None:
     backend = E2BSandbox(SandboxSpec(backend="e2b"), "emergency02")
-    await backend.start()
+    await until_ready(await backend.start())
     assert fake_box_processes()
     await asyncio.to_thread(backend.emergency_destroy)
     assert fake_box_processes() == []

@@ -15,6 +15,7 @@ from sandboxes.backends.cloud.modal import GUEST_ROOT, ModalSandbox, _requiremen
 from sandboxes.box_tags import BOX_ID_LABEL, EXPIRES_LABEL, OWNER_LABEL, USER_LABEL_PREFIX
 from sandboxes.errors import SandboxStartError, SandboxUnavailable
 from sandboxes.guest.protocol import guest_version
+from tests.cloud.boxproc import until_ready
 from tests.cloud.conftest import fake_box_processes
 
 
@@ -123,7 +124,7 @@ async def test_large_writes_respect_modals_stdin_buffer(modal_fake) -> None:
 
 async def test_emergency_destroy_needs_no_event_loop(modal_fake) -> None:
     backend = ModalSandbox(SandboxSpec(backend="modal"), "emergency01")
-    await backend.start()
+    await until_ready(await backend.start())
     assert fake_box_processes()
     await asyncio.to_thread(backend.emergency_destroy)  # as atexit would: plain blocking calls
     assert fake_box_processes() == []
