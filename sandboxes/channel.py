@@ -35,6 +35,10 @@ No box slows the controller
       block, and kernel code calling in a loop is slowed at its source. A compromised agent that
       skips the value cap can still make one decode long; it then pays for it with its reading
       time.
+    * a box's reader takes turns: reading bytes already buffered does not suspend, so after each
+      chunk, and after ``DECODE_TURN_S`` of decoding within one, it yields to the event loop. A
+      neighbour's answer waits for at most one line per busy box, not for a busy box's whole
+      burst.
 
     What a box has in flight is bounded too: at most ``max_pending_calls`` guest calls (each one
     task; ``max_concurrent_calls`` of them running a handler at once) and ``max_call_bytes`` bytes
@@ -82,6 +86,8 @@ PROBE_POLL_S = 0.5
 DECODE_SHARE = 0.05
 DECODE_BURST_S = 0.25
 MAX_DECODE_PAUSE_S = 1.0
+# Decoding in one turn of the event loop: past this, a box's reader lets the other boxes run.
+DECODE_TURN_S = 0.001
 # Per box: bytes of guest-call lines being served or queued (a decoded payload takes a few times its
 # line), and refusals waiting to be sent.
 MAX_CALL_BYTES = 16 << 20
@@ -298,6 +304,7 @@ class Channel:
                     self._declare_lost("the agent's connection closed")
                     return
                 self._heard_at = loop.time()
+                turn = 0.0
                 for line in buffer.feed(data):
                     if line is None:
                         self._violation("a line over the size cap")
@@ -308,8 +315,13 @@ class Channel:
                         if message is not None:
                             await self._dispatch(message, len(line))
                         await self._pace(cost)
+                        turn += cost
                     if self.lost is not None:
                         return
+                    if turn >= DECODE_TURN_S:  # the other boxes' turn
+                        turn = 0.0
+                        await asyncio.sleep(0)
+                await asyncio.sleep(0)  # a read of buffered bytes does not suspend: one chunk, one turn
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # never let a hostile box crash the controller

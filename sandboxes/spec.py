@@ -14,6 +14,8 @@ from typing import Any, Iterator, Mapping
 
 BACKENDS = ("local", "docker", "modal", "e2b")
 RUNTIMES = (None, "runc", "runsc")
+# The smallest CPU share a box may ask for: a 1 ms CFS quota (the kernel's floor) over a 100 ms period.
+MIN_CPUS = 0.01
 
 
 class FrozenMap(Mapping[str, Any]):
@@ -104,7 +106,9 @@ class SandboxSpec:
                      "max_pending_calls", "nofile"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        for name in ("cpus", "cell_timeout_s", "lifetime_s", "kill_grace_s", "startup_timeout_s"):
+        if self.cpus < MIN_CPUS:
+            raise ValueError(f"cpus must be at least {MIN_CPUS} (a share of one CPU the engines can enforce)")
+        for name in ("cell_timeout_s", "lifetime_s", "kill_grace_s", "startup_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         for key in self.env:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from sandboxes import Sandbox, SandboxSpec, open_sandbox
-from sandboxes.backends.docker.backend import container_config
+from sandboxes.backends.docker.backend import CPU_PERIOD_US, container_config
 from sandboxes.box_tags import EXPIRES_LABEL, MANAGED_LABEL, OWNER_LABEL, RUN_ID_LABEL, USER_LABEL_PREFIX, owner_id
 from sandboxes.backends.docker.doctor import PROBE_CELL, hardening_findings, host_view
 from sandboxes.errors import SandboxStartError, SandboxUnavailable
@@ -58,7 +58,7 @@ async def test_hardening_applies_inside_the_box(runtime: str | None, docker_clie
     assert host["CapDrop"] == ["ALL"] and sorted(host["CapAdd"]) == ["KILL", "SETGID", "SETPCAP", "SETUID"]
     assert host["SecurityOpt"] == ["no-new-privileges"]
     assert host["Memory"] == host["MemorySwap"] == 384 * 1024 * 1024
-    assert host["NanoCpus"] == 500_000_000
+    assert host["CpuQuota"] / host["CpuPeriod"] == 0.5 and host["CpuPeriod"] == CPU_PERIOD_US
     assert host["Init"] is True
     assert host["Privileged"] is False
     assert {u["Name"]: u["Hard"] for u in host["Ulimits"]}["nofile"] == spec.nofile
@@ -82,6 +82,15 @@ def test_container_config_keeps_the_host_environment_out(monkeypatch: pytest.Mon
     assert config["labels"][f"{USER_LABEL_PREFIX}team"] == "a"
     loosened = container_config(spec.replace(network="bridge"), "abc124", "/tmp/x")
     assert loosened["host_config"]["network_mode"] == "bridge"
+
+
+@pytest.mark.parametrize("cpus", [4.0, 1.0, 0.5, 0.1, 0.05, 0.01])
+def test_cpu_share_is_kept_over_a_short_period(cpus: float) -> None:
+    config = container_config(SandboxSpec(backend="docker", cpus=cpus), "abc125", "/tmp/x")["host_config"]
+    assert "nano_cpus" not in config  # Docker refuses it together with a period
+    assert config["cpu_quota"] >= 1000  # the kernel's floor: Docker refuses less
+    assert config["cpu_quota"] / config["cpu_period"] == pytest.approx(cpus, rel=0.01)
+    assert config["cpu_period"] == CPU_PERIOD_US or config["cpu_quota"] == 1000
 
 
 async def test_labels_name_owner_run_and_expiry(docker_client: Any) -> None:
