@@ -16,6 +16,9 @@ SETGID, KILL and SETPCAP; the agent empties the bounding set, becomes the agent 
 SETUID, SETGID and KILL, and runs the kernel as another user with no capability at all (see
 ``sandboxes.guest.users``). A signal, ptrace or renice from kernel code to the agent fails with EPERM.
 
+A box that keeps a CPU busy is moved off the cores kept for quiet boxes and the controller while it
+stays busy (``cpu_governor``): a quota caps its share, not its neighbours' wait for a core.
+
 Blocking docker-py calls run in a thread pool of this module, never on the event loop.
 """
 
@@ -35,6 +38,7 @@ from typing import Any
 from sandboxes.logs import get_logger
 
 from sandboxes.backends.base import Backend, agent_argv
+from sandboxes.backends.cpu_governor import Governed, cgroup_cpu_usage, cpuset_text, governor
 from sandboxes.backends.docker.channel_dirs import CONTAINER_PREFIX, channel_parent
 from sandboxes.backends.docker.engine import engine_client, engine_runtimes, require_runtime
 from sandboxes.backends.docker.image_check import default_image, check_image
@@ -208,7 +212,21 @@ class DockerSandbox(Backend):
             raise
         except Exception as exc:
             raise self._start_error(exc) from None
-        return await self._await_agent()
+        stream = await self._await_agent()
+        governor.add(self.container_id, self._governed)
+        return stream
+
+    def _governed(self) -> Governed | None:
+        """How the CPU governor reads and places this box (in its thread: inspect blocks)."""
+        api, container_id = self._client.api, self.container_id
+        state = api.inspect_container(container_id)
+        pid = state["State"].get("Pid") or 0
+        if (state["HostConfig"].get("Runtime") or "runc") == "runsc" or not pid:
+            return None  # runsc cannot update a running box's cpuset
+        read = cgroup_cpu_usage(pid, container_id)
+        if read is None:
+            return None
+        return read, lambda cores: api.update_container(container_id, cpuset_cpus=cpuset_text(cores))
 
     def _create_and_start(self, config: dict[str, Any]) -> str:
         api = self._client.api
@@ -328,6 +346,7 @@ class DockerSandbox(Backend):
         return (str(self.dir), BOX_CHANNEL_DIR) if self.dir is not None else None
 
     async def _destroy(self) -> None:
+        governor.remove(self.container_id)
         if self._create is not None and not self._create.done():
             # A create still in flight would otherwise bring the container up after we removed it.
             try:
@@ -366,6 +385,7 @@ class DockerSandbox(Backend):
 
     def _emergency_destroy(self) -> None:
         """At interpreter exit or SIGTERM: remove the container synchronously, best effort."""
+        governor.remove(self.container_id)
         try:
             if self._create is not None:
                 try:
