@@ -84,7 +84,7 @@ class BoxLoad:
             self.samples.popleft()
         (first_at, first_ns), (last_at, last_ns) = self.samples[0], self.samples[-1]
         if now - first_at < BUSY_WINDOW_S:
-            return None  # not seen long enough: a box's own start-up is not a busy box
+            return None  # seen for less than the window: too soon to call it busy
         window = (last_ns - first_ns) / 1e9 / (last_at - first_at)
         previous_at, previous_ns = self.samples[-2]
         latest = (last_ns - previous_ns) / 1e9 / (last_at - previous_at)
