@@ -100,9 +100,12 @@ class Lag:
         self._task.cancel()
 
 
-async def neighbour_cells(box: Sandbox, *, count: int | None = None, until: asyncio.Event | None = None) -> list[float]:
+async def neighbour_cells(box: Sandbox, *, count: int | None = None, until: asyncio.Event | None = None,
+                          pace_s: float = 0.0) -> list[float]:
     latencies = []
     while (count is not None and len(latencies) < count) or (until is not None and not until.is_set()):
+        if pace_s and latencies:
+            await asyncio.sleep(pace_s)
         began = time.perf_counter()
         result = await box.execute("1 + 1", timeout=60)
         latencies.append(time.perf_counter() - began)
@@ -153,13 +156,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     spec = SandboxSpec(backend=args.backend, runtime=args.runtime, memory_mb=1024, image=args.image)
     hostile_spec = spec.replace(cpus=args.hostile_cpus) if args.hostile_cpus else spec
     figures: dict[str, Any] = {"backend": args.backend, "runtime": args.runtime, "hostile_boxes": args.hostile,
-                               "hostile_cpus": hostile_spec.cpus}
+                               "hostile_cpus": hostile_spec.cpus, "neighbour_pause_ms": args.pace_ms}
     lag = Lag()
     async with open_sandbox(spec) as neighbour:
         await neighbour_cells(neighbour, count=20)  # warm
         lag.take()
         cpu, wall = time.process_time(), time.perf_counter()
-        idle = await neighbour_cells(neighbour, count=args.idle_cells)
+        idle = await neighbour_cells(neighbour, count=args.idle_cells, pace_s=args.pace_ms / 1000)
         figures["controller_cpu_share_idle"] = (time.process_time() - cpu) / (time.perf_counter() - wall)
         figures["idle_loop_lag_worst_ms"] = lag.take() * 1000
 
@@ -176,7 +179,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         lag.take()
         timer = asyncio.get_running_loop().call_later(args.attack_s, stop.set)
         cpu, wall = time.process_time(), time.perf_counter()
-        attacked = await neighbour_cells(neighbour, until=stop)
+        attacked = await neighbour_cells(neighbour, until=stop, pace_s=args.pace_ms / 1000)
         figures["controller_cpu_share_attack"] = (time.process_time() - cpu) / (time.perf_counter() - wall)
         timer.cancel()
         figures["attack_loop_lag_worst_ms"] = lag.take() * 1000
@@ -212,6 +215,9 @@ def main() -> None:
     parser.add_argument("--attacks", type=lambda text: text.split(","), default=["calls", "flood", "stop"],
                         help="attacks given to the hostile boxes in turn (default calls,flood,stop)")
     parser.add_argument("--restarts", type=int, default=0)
+    parser.add_argument("--pace-ms", type=float, default=0.0,
+                        help="the neighbour's pause between cells (default 0: back to back, a CPU's worth of "
+                             "work in itself; 20: a box that mostly waits, as one in an RLM run does)")
     args = parser.parse_args()
     figures = asyncio.run(run(args))
     for key, value in figures.items():

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Callable
 
 from sandboxes.backends.base import Backend, agent_argv
-from sandboxes.backends.cpu_governor import Governed, governor, processes_cpu_usage
 from sandboxes.cancellation import cancelling
 from sandboxes.errors import SandboxStartError
 from sandboxes.results import Diagnosis, DiagnosisKind
@@ -130,19 +129,7 @@ class LocalSandbox(Backend):
                 await asyncio.gather(accept, return_exceptions=True)
         if accept.cancelled():
             raise SandboxStartError(f"the local agent exited before connecting: {await self.diagnose()}")
-        governor.add(self.box_id, self._governed)
         return accept.result()
-
-    def _governed(self) -> Governed:
-        """How the CPU governor reads and places this box: its processes' CPU time and affinity."""
-        def place(cores: frozenset[int]) -> None:
-            for pid in self._box_pids():
-                try:
-                    os.sched_setaffinity(pid, cores)
-                except OSError:  # gone meanwhile
-                    pass
-
-        return processes_cpu_usage(self._box_pids), place
 
     def _rlimits(self) -> dict[str, int]:
         """The agent's rlimits, which the kernel it starts inherits (set by the agent on itself before
@@ -177,7 +164,6 @@ class LocalSandbox(Backend):
         return (str(self.dir), str(self.dir)) if self.dir is not None else None
 
     async def _destroy(self) -> None:
-        governor.remove(self.box_id)
         self._kill_all()
         if self.proc is not None and self.proc.returncode is None:
             try:
@@ -193,7 +179,6 @@ class LocalSandbox(Backend):
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def _emergency_destroy(self) -> None:
-        governor.remove(self.box_id)
         self._kill_all()
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)

@@ -3,16 +3,79 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
 
 from sandboxes import open_sandbox
-from sandboxes.backends import cpu_governor
-from sandboxes.backends.cpu_governor import governor
+from sandboxes.backends.docker import cpu_governor
+from sandboxes.backends.docker.cpu_governor import BoxLoad, core_sets, cpuset_text, governor
 from sandboxes.backends.docker.engine import engine_runtimes
-from tests.core.test_cpu_governor import SPIN, texts, until
 from tests.docker.helpers import docker_spec
+
+SPIN = "import time\nend = time.time() + {seconds}\nwhile time.time() < end:\n    pass\nprint('spun')"
+
+
+def cores(count: int) -> frozenset[int]:
+    return frozenset(range(count))
+
+
+def texts(sets: tuple[frozenset[int], frozenset[int]] | None) -> tuple[str, str] | None:
+    return None if sets is None else (cpuset_text(sets[0]), cpuset_text(sets[1]))
+
+
+def test_core_sets() -> None:
+    assert texts(core_sets(cores(1), None)) is None  # nothing to keep aside
+    assert texts(core_sets(cores(2), None)) == ("0-1", "1")
+    assert texts(core_sets(cores(8), None)) == ("0-7", "2-7")
+    assert texts(core_sets(cores(8), 3)) == ("0-7", "3-7")
+    assert texts(core_sets(cores(4), 0)) is None  # turned off
+    assert texts(core_sets(cores(2), 5)) == ("0-1", "1")  # a busy box always keeps a core
+    assert texts(core_sets(frozenset({2, 3, 5, 6}), 1)) == ("2-3,5-6", "3,5-6")  # the cores it was given
+    assert cpuset_text(frozenset({0, 1, 2, 5, 7, 8})) == "0-2,5,7-8"
+
+
+def test_quiet_cores_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(cpu_governor.QUIET_CORES_ENV, "0")
+    assert core_sets(cores(8)) is None
+    monkeypatch.setenv(cpu_governor.QUIET_CORES_ENV, "3")
+    assert texts(core_sets(cores(8))) == ("0-7", "3-7")
+    monkeypatch.setenv(cpu_governor.QUIET_CORES_ENV, "lots")
+    assert texts(core_sets(cores(8))) == ("0-7", "2-7")  # the default, with a warning
+
+
+def test_a_box_moves_when_busy_and_back_only_after_a_calm_spell() -> None:
+    s = cpu_governor.SAMPLE_S
+    load = BoxLoad()
+    used = 0
+    t = 0.0
+
+    def sample(cpus: float) -> bool | None:
+        nonlocal used, t
+        t += s
+        used += int(cpus * s * 1e9)
+        return load.step(used, t)
+
+    assert sample(0.0) is None
+    assert [sample(0.4), sample(0.0), sample(0.1), sample(0.0)] == [None] * 4  # quiet work stays
+    assert [sample(0.9), sample(0.9)] == [None, None]  # a busy moment is not a busy box (window 1 s)
+    assert sample(0.9) is True and load.busy  # over half a CPU through the window is
+    assert sample(1.0) is None
+    assert sample(0.1) is None  # calm begins
+    assert sample(0.4) is None  # busy again: the calm spell starts over
+    calm = [sample(0.05) for _ in range(int(cpu_governor.CALM_S / s) + 1)]
+    assert calm[-1] is False and calm[:-1] == [None] * (len(calm) - 1) and not load.busy
+
+
+async def until(check: Any, seconds: float) -> bool:
+    """Whether ``check()`` (run in a thread: it may block) came true within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(check):
+            return True
+        await asyncio.sleep(0.1)
+    return False
 
 
 def _cpuset(docker_client: Any, name: str) -> str:

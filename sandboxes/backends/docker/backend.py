@@ -38,7 +38,7 @@ from typing import Any
 from sandboxes.logs import get_logger
 
 from sandboxes.backends.base import Backend, agent_argv
-from sandboxes.backends.cpu_governor import Governed, cgroup_cpu_usage, cpuset_text, governor
+from sandboxes.backends.docker.cpu_governor import Governed, cgroup_cpu_usage, cpuset_text, governor
 from sandboxes.backends.docker.channel_dirs import CONTAINER_PREFIX, channel_parent
 from sandboxes.backends.docker.engine import engine_client, engine_runtimes, require_runtime
 from sandboxes.backends.docker.image_check import default_image, check_image

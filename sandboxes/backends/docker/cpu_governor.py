@@ -1,25 +1,24 @@
-"""Busy boxes yield cores: a box that keeps a CPU busy is moved off the cores kept for quiet work.
+"""Busy boxes yield cores: a Docker box that keeps a CPU busy is moved off the cores kept for quiet work.
 
 Why: a CPU quota caps what a box uses, not when its neighbours get to run. On a host with fewer
-cores than busy boxes, a box whose cell only needs a few milliseconds (and the controller itself)
-waits behind the busy ones at every wake-up; measured with ``benchmarks/neighbours.py`` on 2
-cores, four hostile Docker boxes made a quiet neighbour's p99 reply time 5 to 17 times its idle
-one, and lowering the busy boxes' CPU weight alone left it at about 5 times: the wait is for a
-core, not for a share. Keeping the busy boxes off one core does help: the quiet boxes and the
-controller always find a core that no busy box can take.
+cores than busy boxes, a box whose cell needs a few milliseconds (and the controller itself) waits
+behind the busy ones at every wake-up. Measured with ``benchmarks/neighbours.py --pace-ms 20`` on
+2 cores (a neighbour running a cell every 20 ms beside four hostile boxes), the neighbour's p99 was
+16 times its idle one; with the busy boxes kept off one core, 3 to 4 times. Lowering the busy boxes'
+CPU weight instead left it at about 5 times: the wait is for a core, not for a share.
 
 How: a thread of its own (never the event loop) samples each box's CPU time every ``SAMPLE_S``,
 from ``START_S`` after its agent connected (its kernel's start-up is not a busy box). A box that
 used at least ``BUSY_CPUS`` of a CPU over ``BUSY_WINDOW_S`` is restricted to the busy cores (every
 core but the first ``quiet_cores``); one that then stays under ``QUIET_CPUS`` for ``CALM_S`` gets
 every core back. A busy box keeps its quota and still runs: only where it may run changes. Quiet
-boxes are never touched. Each backend says how to read and place its boxes:
+boxes are never touched. CPU time comes from the container's cgroup, the cores are set as a cpuset
+through Docker's update API (the box cannot change it). A box that runs cells back to back without
+pause uses a CPU too, and is moved like any other busy box.
 
-* Docker: CPU time from the container's cgroup, placement through Docker's update API (a cpuset
-  the box cannot change). Not governed: gVisor boxes (runsc has no ``update``) and boxes of an
-  engine whose cgroups are not readable from here (a remote engine).
-* local: CPU time of the box's processes, placement by CPU affinity. Kernel code can widen its own
-  affinity again: the local backend is for development, not a boundary.
+Not governed: gVisor boxes (runsc has no ``update``), boxes of an engine whose cgroups are not
+readable from here (a remote engine), and local boxes (kernel code could widen its own CPU affinity
+again; measured, moving them did not help, as their neighbours wait mostly on box restarts).
 
 With fewer than two cores nothing can be kept aside and the governor does nothing.
 ``RLM_SANDBOX_QUIET_CORES`` sets how many cores are kept for quiet work (default: a quarter of the
@@ -38,7 +37,7 @@ from typing import Callable
 
 from sandboxes.logs import get_logger
 
-log = get_logger("sandboxes.cpu")
+log = get_logger("sandboxes.docker")
 
 QUIET_CORES_ENV = "RLM_SANDBOX_QUIET_CORES"
 SAMPLE_S = 0.25
@@ -47,7 +46,6 @@ BUSY_WINDOW_S = 1.0
 BUSY_CPUS = 0.5  # of one CPU, over BUSY_WINDOW_S: the box is moved to the busy cores
 QUIET_CPUS = 0.2  # of one CPU: a box this calm for CALM_S gets every core back
 CALM_S = 2.0
-PIDS_REFRESH_S = 2.0
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -129,31 +127,6 @@ def cgroup_cpu_usage(pid: int, container_id: str) -> Callable[[], int | None] | 
                     raise ValueError("no usage_usec in cpu.stat")
                 return read
     return None
-
-
-def processes_cpu_usage(pids: Callable[[], set[int]]) -> Callable[[], int | None]:
-    """A reader of the CPU time (ns) the processes ``pids`` returns have used (a local box). Finding
-    them scans /proc, so the set is refreshed every ``PIDS_REFRESH_S``, not at every sample; a dead
-    process's time drops out, which only looks like a calm moment."""
-    tick_ns = 1e9 / os.sysconf("SC_CLK_TCK")
-    known: set[int] = set()
-    found_at = -PIDS_REFRESH_S
-
-    def read() -> int | None:
-        nonlocal known, found_at
-        if time.monotonic() - found_at >= PIDS_REFRESH_S:
-            known, found_at = pids(), time.monotonic()
-        total = 0
-        for pid in known:
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_bytes()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(b")") + 2:].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-        return int(total * tick_ns)
-
-    return read
 
 
 def cpuset_text(cores: frozenset[int]) -> str:
