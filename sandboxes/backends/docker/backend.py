@@ -38,7 +38,7 @@ from typing import Any
 from sandboxes.logs import get_logger
 
 from sandboxes.backends.base import Backend, agent_argv
-from sandboxes.backends.docker.cpu_governor import Governed, cgroup_cpu_usage, cpuset_text, governor
+from sandboxes.backends.docker.cpu_governor import Governed, cgroup_files, cpuset_text, governor
 from sandboxes.backends.docker.channel_dirs import CONTAINER_PREFIX, channel_parent
 from sandboxes.backends.docker.engine import engine_client, engine_runtimes, require_runtime
 from sandboxes.backends.docker.image_check import default_image, check_image
@@ -220,13 +220,15 @@ class DockerSandbox(Backend):
         """How the CPU governor reads and places this box (in its thread: inspect blocks)."""
         api, container_id = self._client.api, self.container_id
         state = api.inspect_container(container_id)
-        pid = state["State"].get("Pid") or 0
-        if (state["HostConfig"].get("Runtime") or "runc") == "runsc" or not pid:
-            return None  # runsc cannot update a running box's cpuset
-        read = cgroup_cpu_usage(pid, container_id)
-        if read is None:
+        found = cgroup_files(state["State"].get("Pid") or 0, container_id)
+        if found is None:
             return None
-        return read, lambda cores: api.update_container(container_id, cpuset_cpus=cpuset_text(cores))
+        read, cpuset = found
+        if (state["HostConfig"].get("Runtime") or "runc") != "runsc":
+            return read, lambda cores: api.update_container(container_id, cpuset_cpus=cpuset_text(cores))
+        if cpuset is None:
+            return None  # runsc cannot update a running box, and its cgroup is not ours to write
+        return read, lambda cores: cpuset.write_text(cpuset_text(cores))
 
     def _create_and_start(self, config: dict[str, Any]) -> str:
         api = self._client.api

@@ -12,13 +12,14 @@ from ``START_S`` after its agent connected (its kernel's start-up is not a busy 
 used at least ``BUSY_CPUS`` of a CPU over ``BUSY_WINDOW_S`` is restricted to the busy cores (every
 core but the first ``quiet_cores``); one that then stays under ``QUIET_CPUS`` for ``CALM_S`` gets
 every core back. A busy box keeps its quota and still runs: only where it may run changes. Quiet
-boxes are never touched. CPU time comes from the container's cgroup, the cores are set as a cpuset
-through Docker's update API (the box cannot change it). A box that runs cells back to back without
-pause uses a CPU too, and is moved like any other busy box.
+boxes are never touched. CPU time comes from the container's cgroup; the cores are a cpuset the box
+cannot change, set through Docker's update API, or for gVisor (runsc has no ``update``) written
+into the container's cgroup where this process may (as root on the engine's host). A box that runs
+cells back to back without pause uses a CPU too, and is moved like any other busy box.
 
-Not governed: gVisor boxes (runsc has no ``update``), boxes of an engine whose cgroups are not
-readable from here (a remote engine), and local boxes (kernel code could widen its own CPU affinity
-again; measured, moving them did not help, as their neighbours wait mostly on box restarts).
+Not governed: boxes of an engine whose cgroups are not readable from here (a remote engine), gVisor
+boxes where the cgroup is not writable, and local boxes (kernel code could widen its own CPU
+affinity again; measured, moving them did not help, as their neighbours wait mostly on box restarts).
 
 With fewer than two cores nothing can be kept aside and the governor does nothing.
 ``RLM_SANDBOX_QUIET_CORES`` sets how many cores are kept for quiet work (default: a quarter of the
@@ -101,32 +102,47 @@ class BoxLoad:
         return None
 
 
-def cgroup_cpu_usage(pid: int, container_id: str) -> Callable[[], int | None] | None:
-    """A reader of the container's CPU time (ns) from its cgroup, found through its first process;
-    None when that cgroup is not the container's or not readable here."""
+def cgroup_files(pid: int, container_id: str) -> tuple[Callable[[], int | None], Path | None] | None:
+    """The container's cgroup, found through its first process: a reader of its CPU time (ns), and
+    its ``cpuset.cpus`` file where this process may write it (else None). None when that cgroup is
+    not the container's or not readable here (a remote engine, another PID namespace)."""
     try:
         lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
     except OSError:
         return None
+    read: Callable[[], int | None] | None = None
+    cpuset: Path | None = None
     for line in lines:
         _, controllers, path = line.split(":", 2)
         if container_id not in path:
             continue
-        if "cpuacct" in controllers.split(","):  # cgroup v1
+        names = controllers.split(",")
+        if controllers == "":  # cgroup v2: one folder for every controller
+            folder = CGROUP_ROOT / path.lstrip("/")
+            if (folder / "cpu.stat").exists():
+                read = _v2_usage(folder / "cpu.stat")
+            if (folder / "cpuset.cpus").exists():
+                cpuset = folder / "cpuset.cpus"
+        elif "cpuacct" in names:  # cgroup v1
             for mount in ("cpuacct", "cpu,cpuacct", "cpuacct,cpu"):
                 usage = CGROUP_ROOT / mount / path.lstrip("/") / "cpuacct.usage"
                 if usage.exists():
-                    return lambda usage=usage: int(usage.read_text())
-        if controllers == "":  # cgroup v2
-            stat = CGROUP_ROOT / path.lstrip("/") / "cpu.stat"
-            if stat.exists():
-                def read(stat: Path = stat) -> int:
-                    for entry in stat.read_text().splitlines():
-                        if entry.startswith("usage_usec "):
-                            return int(entry.split()[1]) * 1000
-                    raise ValueError("no usage_usec in cpu.stat")
-                return read
-    return None
+                    read = lambda usage=usage: int(usage.read_text())  # noqa: E731
+                    break
+        elif "cpuset" in names:
+            cpuset = CGROUP_ROOT / "cpuset" / path.lstrip("/") / "cpuset.cpus"
+    if read is None:
+        return None
+    return read, cpuset if cpuset is not None and os.access(cpuset, os.W_OK) else None
+
+
+def _v2_usage(stat: Path) -> Callable[[], int | None]:
+    def read() -> int | None:
+        for entry in stat.read_text().splitlines():
+            if entry.startswith("usage_usec "):
+                return int(entry.split()[1]) * 1000
+        return None
+    return read
 
 
 def cpuset_text(cores: frozenset[int]) -> str:
