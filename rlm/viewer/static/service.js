@@ -18,23 +18,8 @@
                   "max_wall_s", "max_cost_usd", "max_tokens", "max_llm_calls", "max_tool_calls", "context_window",
                   "cell_timeout_s", "model_timeout_s"];
 
-  // ---- small helpers (text only) ------------------------------------------------------------------
-
-  function h(tag, cls, text) {
-    var e = document.createElement(tag);
-    if (cls) e.className = cls;
-    if (text !== undefined && text !== null) e.textContent = String(text);
-    return e;
-  }
-  function add(parent) {
-    for (var i = 1; i < arguments.length; i++) {
-      var kid = arguments[i];
-      if (kid === null || kid === undefined || kid === false) continue;
-      parent.appendChild(typeof kid === "string" ? document.createTextNode(kid) : kid);
-    }
-    return parent;
-  }
-  function clear(e) { while (e.firstChild) e.removeChild(e.firstChild); return e; }
+  // ---- small helpers: the run view's DOM helpers (view.js loads first; data goes in as text only) ---
+  var h = global.RLMRunView.dom.h, add = global.RLMRunView.dom.add, clear = global.RLMRunView.dom.clear;
   function isNum(v) { return typeof v === "number" && isFinite(v); }
   function fmtS(s) {
     if (!isNum(s)) return "–";

@@ -1774,6 +1774,7 @@
     return view;
   }
 
-  global.RLMRunView = {create: create, boot: boot, highlightPython: highlightPython, splitReply: splitReply};
+  global.RLMRunView = {create: create, boot: boot, highlightPython: highlightPython, splitReply: splitReply,
+                       dom: {h: h, add: add, clear: clear}};
   if (document.getElementById("rlm-run")) boot();
 })(window);
