@@ -25,7 +25,8 @@ def texts(sets: tuple[frozenset[int], frozenset[int]] | None) -> tuple[str, str]
     return None if sets is None else (cpuset_text(sets[0]), cpuset_text(sets[1]))
 
 
-def test_core_sets() -> None:
+def test_core_sets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(cpu_governor.QUIET_CORES_ENV, raising=False)  # the defaults, whatever this shell set
     assert texts(core_sets(cores(1), None)) is None  # nothing to keep aside
     assert texts(core_sets(cores(2), None)) == ("0-1", "1")
     assert texts(core_sets(cores(8), None)) == ("0-7", "2-7")
