@@ -64,9 +64,9 @@ BOX_CHANNEL_DIR = "/run/sandbox"
 SOCKET_NAME = "agent.sock"
 # The CFS period a box's CPU share is enforced over. With Docker's default (100 ms) a box that spins
 # on every thread it has runs a 100 ms burst before it is throttled, and its neighbours (the
-# controller among them) wait out that burst; a 10 ms period cuts the bursts tenfold. Measured with
-# benchmarks/neighbours.py on 2 cores under four hostile boxes, the controller's p99 reply time went
-# from 77 ms to 51 ms. The kernel's floor for a quota is 1 ms, so a smaller share gets a longer period.
+# controller among them) wait out that burst; a 10 ms period cuts the bursts tenfold (what
+# benchmarks/neighbours.py showed of it alone was within that benchmark's run-to-run spread). The
+# kernel's floor for a quota is 1 ms, so a smaller share gets a longer period.
 CPU_PERIOD_US = 10_000
 MIN_CPU_QUOTA_US = 1_000
 # /tmp and /dev/shm are small: the working folder is where data belongs.
