@@ -164,8 +164,7 @@ Governed = tuple[Callable[[], int | None], Callable[[frozenset[int]], None]]
 class _Box:
     key: str
     setup: Callable[[], Governed | None]
-    governed: Governed | None = None
-    tried: bool = False
+    governed: Governed | None = None  # set up on the first sample
     load: BoxLoad = field(default_factory=BoxLoad)
     added_at: float = field(default_factory=time.monotonic)
 
@@ -212,14 +211,12 @@ class CpuGovernor:
 
     def _sample(self, box: _Box) -> None:
         assert self.sets is not None
-        if not box.tried:
-            box.tried = True
+        if box.governed is None:
             box.governed = box.setup()
             if box.governed is None:
                 log.debug("cpu_governor_not_governed", box=box.key[:12])
-        if box.governed is None:
-            self.remove(box.key)
-            return
+                self.remove(box.key)
+                return
         if time.monotonic() - box.added_at < START_S:
             return
         read, place = box.governed
