@@ -118,6 +118,7 @@ async def attacker(kind: str, spec: SandboxSpec, stop: asyncio.Event, seconds: f
     """One hostile box (or, for ``stop`` where the box is lost each time, a series of them)."""
     while not stop.is_set():
         async with open_sandbox(spec, handlers={"sink": sink}) as box:
+            tally["boxes opened"] += 1
             while not stop.is_set():
                 if kind == "calls":
                     result = await box.execute(CALLS.replace("{seconds}", f"{seconds:g}"), timeout=seconds + 30)
@@ -159,7 +160,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                "hostile_cpus": hostile_spec.cpus, "neighbour_pause_ms": args.pace_ms}
     lag = Lag()
     async with open_sandbox(spec) as neighbour:
-        await neighbour_cells(neighbour, count=20)  # warm
+        await neighbour_cells(neighbour, count=20, pace_s=args.pace_ms / 1000)  # warm, as it will run
         lag.take()
         cpu, wall = time.process_time(), time.perf_counter()
         idle = await neighbour_cells(neighbour, count=args.idle_cells, pace_s=args.pace_ms / 1000)
@@ -172,10 +173,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         stop, tally = asyncio.Event(), Counter()
         attackers = [asyncio.ensure_future(attacker(kind, hostile_spec, stop, args.attack_s, tally)) for kind in kinds]
         ready = time.perf_counter()
-        # Give the attackers their boxes before the clock starts: the attack, not box starts, is measured.
-        while (attackers and sum(tally.values()) == 0 and time.perf_counter() - ready < 120
+        # Give every attacker its box before the clock starts: the attack, not box starts, is measured.
+        while (tally["boxes opened"] < len(attackers) and time.perf_counter() - ready < 120
                and not any(a.done() for a in attackers)):
             await neighbour_cells(neighbour, count=1)
+            await asyncio.sleep(args.pace_ms / 1000)
         lag.take()
         timer = asyncio.get_running_loop().call_later(args.attack_s, stop.set)
         cpu, wall = time.process_time(), time.perf_counter()

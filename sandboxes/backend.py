@@ -47,6 +47,10 @@ class Backend(abc.ABC):
         a message that says what to do when the provider itself is missing or misconfigured.
         """
 
+    def on_ready(self) -> None:
+        """Called once the agent said ready (its kernel is up), e.g. to tell the CPU governor that
+        the box's start-up is over. Nothing by default; must not block."""
+
     @typing.final
     async def destroy(self) -> None:
         """Destroy the box and everything in it. Idempotent; never raises; always finishes: a caller

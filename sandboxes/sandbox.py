@@ -107,6 +107,7 @@ class Sandbox:
                     channel.start()
                     ready = await channel.ready(spec.startup_timeout_s)
                 _check_versions(ready)
+                backend.on_ready()
             except BaseException as exc:
                 reason = await _abort_start(backend, channel)
                 if isinstance(exc, TimeoutError):

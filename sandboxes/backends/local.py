@@ -22,10 +22,14 @@ from typing import Callable
 
 from sandboxes.backends.base import Backend, agent_argv
 from sandboxes.cancellation import cancelling
+from sandboxes.cpu_governor import SAMPLE_S, Governed, governor
 from sandboxes.errors import SandboxStartError
+from sandboxes.logs import get_logger
 from sandboxes.results import Diagnosis, DiagnosisKind
 from sandboxes.backends.guest_bundle import write_guest
 from sandboxes.transport import ByteStream, UnixListener
+
+log = get_logger("sandboxes.local")
 
 MARKER_ENV = "SANDBOX_BOX_ID"
 # The controller process that started the box: its boxes' processes can be found after the fact.
@@ -78,6 +82,57 @@ def marked_processes(marker: str, *, prefix: bool = False, parents: dict[int, in
     return found
 
 
+def _may_renice_others() -> bool:
+    """Whether this process has CAP_SYS_NICE (needed to lift a process out of SCHED_IDLE)."""
+    try:
+        with open("/proc/self/status") as f:
+            caps = next(line for line in f if line.startswith("CapEff:"))
+    except (OSError, StopIteration):
+        return False
+    return bool(int(caps.split()[1], 16) >> 23 & 1)
+
+
+# A box demoted to SCHED_IDLE can be restored only by a controller with CAP_SYS_NICE: without it, a
+# local box is only confined to the busy cores, never lowered in priority for good.
+RESTORABLE = _may_renice_others()
+TICK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+_table: tuple[float, dict[int, tuple[int, int, int]]] = (0.0, {})
+
+
+def process_table() -> dict[int, tuple[int, int, int]]:
+    """pid -> (parent pid, session, CPU time in ns) of every live process, from ``/proc/<pid>/stat``;
+    one scan serves every local box the governor samples in one round."""
+    global _table
+    taken, table = _table
+    if time.monotonic() - taken < SAMPLE_S / 2:
+        return table
+    table = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+            fields = stat[stat.rindex(b")") + 2 :].split()
+            if fields[0] != b"Z":
+                table[int(entry.name)] = (int(fields[1]), int(fields[3]), (int(fields[11]) + int(fields[12])) * TICK_NS)
+        except (OSError, ValueError, IndexError):
+            continue
+    _table = (time.monotonic(), table)
+    return table
+
+
+def tree(root: int, table: dict[int, tuple[int, int, int]]) -> set[int]:
+    """``root`` and its descendants, and every process in one of their sessions (a daemon that forked
+    away from its parent but kept its session)."""
+    found, frontier = set(), {root} & table.keys()
+    while frontier:
+        found |= frontier
+        frontier = {pid for pid, (ppid, _, _) in table.items() if ppid in frontier and pid not in found}
+    sessions = {table[pid][1] for pid in found}
+    return found | {pid for pid, (_, sid, _) in table.items() if sid in sessions and sid != os.getsid(0)}
+
+
 def kill_sweep(find: Callable[[], set[int]], sweeps: int = 3) -> None:
     """SIGKILL what ``find`` returns, again while it finds more (a fork can race a sweep).
     Synchronous, so it also serves where no event loop runs (exit, SIGTERM)."""
@@ -117,6 +172,14 @@ class LocalSandbox(Backend):
                 start_new_session=True)
         finally:
             log.close()
+        if RESTORABLE and governor.sets is not None:
+            # Start-up is busy work: at idle priority from the first moment, which the kernel the
+            # agent launches inherits (the governor's first look may come after that launch).
+            try:
+                os.sched_setscheduler(self.proc.pid, os.SCHED_IDLE, os.sched_param(0))
+            except OSError:
+                pass
+        governor.add(self.box_id, self._governed)
         accept = asyncio.ensure_future(self.listener.accept(self.spec.startup_timeout_s))
         exited = asyncio.ensure_future(self.proc.wait())
         try:
@@ -159,12 +222,44 @@ class LocalSandbox(Backend):
 
         kill_sweep(live)
 
+    def _governed(self) -> Governed | None:
+        """The box's processes' CPU time, and their threads' cores and, where this process could
+        restore it (CAP_SYS_NICE), their scheduling policy."""
+        assert self.proc is not None
+        agent = self.proc.pid
+
+        def read() -> int | None:
+            table = process_table()
+            return sum(table[pid][2] for pid in tree(agent, table)) if agent in table else None
+
+        def place(cores: frozenset[int] | None, busy: bool) -> None:
+            policy = os.SCHED_IDLE if busy else os.SCHED_OTHER
+            for pid in tree(agent, process_table()):
+                try:
+                    threads = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+                except OSError:
+                    continue  # gone meanwhile
+                for tid in threads:
+                    try:
+                        if cores is not None:
+                            os.sched_setaffinity(tid, cores)
+                        if RESTORABLE:
+                            os.sched_setscheduler(tid, policy, os.sched_param(0))
+                    except OSError:
+                        pass  # the thread ended meanwhile
+
+        return Governed(read, place)
+
+    def on_ready(self) -> None:
+        governor.ready(self.box_id)
+
     def shared_folder(self) -> tuple[str, str] | None:
         # A local box runs as this user on this host: its own folder is the same path on both sides.
         return (str(self.dir), str(self.dir)) if self.dir is not None else None
 
     async def _destroy(self) -> None:
-        self._kill_all()
+        governor.remove(self.box_id)
+        await asyncio.to_thread(self._kill_all)  # it scans /proc and waits between sweeps: not on the loop
         if self.proc is not None and self.proc.returncode is None:
             try:
                 await asyncio.wait_for(self.proc.wait(), 5.0)
@@ -179,6 +274,7 @@ class LocalSandbox(Backend):
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def _emergency_destroy(self) -> None:
+        governor.remove(self.box_id)
         self._kill_all()
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)

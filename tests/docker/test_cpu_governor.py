@@ -1,72 +1,24 @@
-"""Busy Docker boxes yield the cores kept for quiet work (a cpuset Docker sets), and get them back when calm."""
+"""Busy Docker boxes yield to quiet ones: idle priority through their cgroup's ``cpu.idle`` where the
+controller may write it, off the cores kept for quiet work (a cpuset), and all back when calm."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
 import pytest
 
 from sandboxes import open_sandbox
-from sandboxes.backends.docker import cpu_governor
-from sandboxes.backends.docker.cpu_governor import BoxLoad, cgroup_files, core_sets, cpuset_text, governor
+from sandboxes import cpu_governor
+from sandboxes.backends.docker.cgroups import box_cgroup
+from sandboxes.cpu_governor import governor
 from sandboxes.backends.docker.engine import engine_runtimes
+from tests.core.test_cpu_governor import texts
 from tests.docker.helpers import docker_spec
 
 SPIN = "import time\nend = time.time() + {seconds}\nwhile time.time() < end:\n    pass\nprint('spun')"
-
-
-def cores(count: int) -> frozenset[int]:
-    return frozenset(range(count))
-
-
-def texts(sets: tuple[frozenset[int], frozenset[int]] | None) -> tuple[str, str] | None:
-    return None if sets is None else (cpuset_text(sets[0]), cpuset_text(sets[1]))
-
-
-def test_core_sets(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(cpu_governor.QUIET_CORES_ENV, raising=False)  # the defaults, whatever this shell set
-    assert texts(core_sets(cores(1), None)) is None  # nothing to keep aside
-    assert texts(core_sets(cores(2), None)) == ("0-1", "1")
-    assert texts(core_sets(cores(8), None)) == ("0-7", "2-7")
-    assert texts(core_sets(cores(8), 3)) == ("0-7", "3-7")
-    assert texts(core_sets(cores(4), 0)) is None  # turned off
-    assert texts(core_sets(cores(2), 5)) == ("0-1", "1")  # a busy box always keeps a core
-    assert texts(core_sets(frozenset({2, 3, 5, 6}), 1)) == ("2-3,5-6", "3,5-6")  # the cores it was given
-    assert cpuset_text(frozenset({0, 1, 2, 5, 7, 8})) == "0-2,5,7-8"
-
-
-def test_quiet_cores_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(cpu_governor.QUIET_CORES_ENV, "0")
-    assert core_sets(cores(8)) is None
-    monkeypatch.setenv(cpu_governor.QUIET_CORES_ENV, "3")
-    assert texts(core_sets(cores(8))) == ("0-7", "3-7")
-    monkeypatch.setenv(cpu_governor.QUIET_CORES_ENV, "lots")
-    assert texts(core_sets(cores(8))) == ("0-7", "2-7")  # the default, with a warning
-
-
-def test_a_box_moves_when_busy_and_back_only_after_a_calm_spell() -> None:
-    s = cpu_governor.SAMPLE_S
-    load = BoxLoad()
-    used = 0
-    t = 0.0
-
-    def sample(cpus: float) -> bool | None:
-        nonlocal used, t
-        t += s
-        used += int(cpus * s * 1e9)
-        return load.step(used, t)
-
-    assert sample(0.0) is None
-    assert [sample(0.4), sample(0.0), sample(0.1), sample(0.0)] == [None] * 4  # quiet work stays
-    assert [sample(0.9), sample(0.9)] == [None, None]  # a busy moment is not a busy box (window 1 s)
-    assert sample(0.9) is True and load.busy  # over half a CPU through the window is
-    assert sample(1.0) is None
-    assert sample(0.1) is None  # calm begins
-    assert sample(0.4) is None  # busy again: the calm spell starts over
-    calm = [sample(0.05) for _ in range(int(cpu_governor.CALM_S / s) + 1)]
-    assert calm[-1] is False and calm[:-1] == [None] * (len(calm) - 1) and not load.busy
 
 
 async def until(check: Any, seconds: float) -> bool:
@@ -83,6 +35,20 @@ def _cpuset(docker_client: Any, name: str) -> str:
     return docker_client.api.inspect_container(name)["HostConfig"]["CpusetCpus"]
 
 
+def _idle_file(docker_client: Any, name: str) -> Any:
+    """The box's ``cpu.idle``, where the controller may write it (root on the engine's host, as in CI)."""
+    state = docker_client.api.inspect_container(name)
+    cgroup = box_cgroup(state["State"]["Pid"], state["Id"])
+    assert cgroup is not None, "the box's cgroup is not readable from the controller's host"
+    if os.environ.get("CI") == "true" and os.geteuid() == 0:
+        assert cgroup.idle is not None, "CI runs as root: the box's cpu.idle should be writable"
+    return cgroup.idle
+
+
+def _read(path: Any) -> str:
+    return path.read_text().strip()
+
+
 async def test_a_spinning_box_leaves_the_quiet_cores_and_its_neighbour_is_never_moved(docker_client: Any) -> None:
     if governor.sets is None:
         pytest.skip("a governor needs two cores or more, and RLM_SANDBOX_QUIET_CORES not 0")
@@ -90,15 +56,21 @@ async def test_a_spinning_box_leaves_the_quiet_cores_and_its_neighbour_is_never_
     async with open_sandbox(docker_spec(None, cell_timeout_s=60)) as spinner, \
             open_sandbox(docker_spec(None)) as quiet:
         spin_name, quiet_name = spinner.backend.container_name, quiet.backend.container_name
+        spin_idle, quiet_idle = _idle_file(docker_client, spin_name), _idle_file(docker_client, quiet_name)
+        if spin_idle is not None:  # restored from its start-up demotion once ready
+            assert await until(lambda: _read(spin_idle) == "0" and _read(quiet_idle) == "0", 3.0)
         spinning = asyncio.ensure_future(spinner.execute(SPIN.format(seconds=6), timeout=60))
         assert await until(lambda: _cpuset(docker_client, spin_name) == busy, 5.0), "never moved"
+        if spin_idle is not None:
+            assert _read(spin_idle) == "1"
         for _ in range(20):  # the quiet box works on, and stays where it was
             assert (await quiet.execute("1 + 1")).status == "ok"
-        assert _cpuset(docker_client, quiet_name) == ""
+        assert _cpuset(docker_client, quiet_name) == "" and (quiet_idle is None or _read(quiet_idle) == "0")
         result = await spinning
         assert result.status == "ok" and result.stdout == "spun\n", result
         # Still busy right after; back on every core once calm (CALM_S), not before the spin ended.
         assert await until(lambda: _cpuset(docker_client, spin_name) == every, cpu_governor.CALM_S + 5.0)
+        assert spin_idle is None or _read(spin_idle) == "0"
         assert (await spinner.execute("print('still here')")).stdout == "still here\n"
         assert _cpuset(docker_client, quiet_name) == ""
 
@@ -111,13 +83,14 @@ async def test_a_spinning_gvisor_box_is_moved_through_its_cgroup(docker_client: 
     every, busy = texts(governor.sets) or ("", "")
     async with open_sandbox(docker_spec("runsc", cell_timeout_s=60)) as spinner:
         state = docker_client.api.inspect_container(spinner.backend.container_name)
-        found = cgroup_files(state["State"]["Pid"], state["Id"])
+        found = box_cgroup(state["State"]["Pid"], state["Id"])
         assert found is not None, "the box's cgroup is not readable from the controller's host"
-        cpuset = found[1]
+        cpuset, idle = found.cpuset, found.idle
         if cpuset is None:
             pytest.skip("the box's cgroup is not writable here (not root): gVisor boxes are not moved")
         spinning = asyncio.ensure_future(spinner.execute(SPIN.format(seconds=6), timeout=60))
         assert await until(lambda: cpuset.read_text().strip() == busy, 5.0), "never moved"
+        assert idle is None or _read(idle) == "1"
         result = await spinning
         assert result.status == "ok" and result.stdout == "spun\n", result
         assert await until(lambda: cpuset.read_text().strip() == every, cpu_governor.CALM_S + 5.0)

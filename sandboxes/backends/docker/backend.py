@@ -16,8 +16,9 @@ SETGID, KILL and SETPCAP; the agent empties the bounding set, becomes the agent 
 SETUID, SETGID and KILL, and runs the kernel as another user with no capability at all (see
 ``sandboxes.guest.users``). A signal, ptrace or renice from kernel code to the agent fails with EPERM.
 
-A box that keeps a CPU busy is moved off the cores kept for quiet boxes and the controller while it
-stays busy (``cpu_governor``): a quota caps its share, not its neighbours' wait for a core.
+A box that keeps a CPU busy is demoted while it stays busy (``sandboxes.cpu_governor``): idle
+priority where its cgroup is writable here, and off the cores kept for quiet boxes and the controller.
+A quota caps its share, not its neighbours' wait for a core.
 
 Blocking docker-py calls run in a thread pool of this module, never on the event loop.
 """
@@ -38,12 +39,13 @@ from typing import Any
 from sandboxes.logs import get_logger
 
 from sandboxes.backends.base import Backend, agent_argv
-from sandboxes.backends.docker.cpu_governor import Governed, cgroup_files, cpuset_text, governor
+from sandboxes.backends.docker.cgroups import box_cgroup
 from sandboxes.backends.docker.channel_dirs import CONTAINER_PREFIX, channel_parent
 from sandboxes.backends.docker.engine import engine_client, engine_runtimes, require_runtime
 from sandboxes.backends.docker.image_check import default_image, check_image
 from sandboxes.box_tags import RUN_ID_LABEL, box_tags
 from sandboxes.cancellation import cancelling
+from sandboxes.cpu_governor import Governed, cpuset_text, governor
 from sandboxes.errors import SandboxStartError, SandboxUnavailable
 from sandboxes.results import Diagnosis, DiagnosisKind
 from sandboxes.spec import SandboxSpec
@@ -216,19 +218,34 @@ class DockerSandbox(Backend):
         governor.add(self.container_id, self._governed)
         return stream
 
+    def on_ready(self) -> None:
+        governor.ready(self.container_id)
+
     def _governed(self) -> Governed | None:
-        """How the CPU governor reads and places this box (in its thread: inspect blocks)."""
+        """How the CPU governor reads and places this box (in its thread: inspect blocks). A runc box
+        is confined through Docker's update API, a gVisor one (runsc has no ``update``) through its
+        cgroup; either is demoted through its cgroup's ``cpu.idle`` where this process may write it."""
         api, container_id = self._client.api, self.container_id
         state = api.inspect_container(container_id)
-        found = cgroup_files(state["State"].get("Pid") or 0, container_id)
-        if found is None:
+        cgroup = box_cgroup(state["State"].get("Pid") or 0, container_id)
+        if cgroup is None:
             return None
-        read, cpuset = found
-        if (state["HostConfig"].get("Runtime") or "runc") != "runsc":
-            return read, lambda cores: api.update_container(container_id, cpuset_cpus=cpuset_text(cores))
-        if cpuset is None:
+        runc = (state["HostConfig"].get("Runtime") or "runc") != "runsc"
+        if not runc and cgroup.cpuset is None:
             return None  # runsc cannot update a running box, and its cgroup is not ours to write
-        return read, lambda cores: cpuset.write_text(cpuset_text(cores))
+        idle, cpuset = cgroup.idle, cgroup.cpuset
+
+        def place(cores: frozenset[int] | None, busy: bool) -> None:
+            if idle is not None:
+                idle.write_text("1" if busy else "0")
+            if cores is None:
+                return
+            if runc:
+                api.update_container(container_id, cpuset_cpus=cpuset_text(cores))
+            elif cpuset is not None:
+                cpuset.write_text(cpuset_text(cores))
+
+        return Governed(cgroup.read, place)
 
     def _create_and_start(self, config: dict[str, Any]) -> str:
         api = self._client.api

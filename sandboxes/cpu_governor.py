@@ -1,0 +1,209 @@
+"""Busy boxes yield to quiet ones: a box that keeps a CPU busy is demoted until it calms down.
+
+Why: a CPU quota caps what a box uses, not when its neighbours get to run. On a host with fewer
+cores than busy boxes, a box whose cell needs a few milliseconds (and the controller itself) waits
+behind the busy ones at every wake-up. Measured with ``benchmarks/neighbours.py`` on 2 cores (a
+neighbour running a cell every 20 ms beside four hostile boxes), the neighbour's p99 was 16 times its
+idle one with no governor. Lowering the busy boxes' CPU weight left it at about 5 times: with equal
+policy, a waking task still waits for the running one's slice.
+
+How: a thread of its own (never the event loop) samples each box's CPU time every ``SAMPLE_S``. A
+box starts demoted in priority (not in cores): starting a kernel is a second of busy work that must
+not slow the boxes already at work. Once its agent says ready it is restored and judged by its work
+from then on: a box that used at least
+``BUSY_CPUS`` of a CPU over ``BUSY_WINDOW_S`` is demoted; one that then stays under ``QUIET_CPUS``
+(over the same window) for ``CALM_S`` is restored. The window is long enough that the 10 ms ticks
+in which Linux counts a process's CPU time do not make a quiet box look busy. The backend does the demoting, with what its provider allows:
+
+* the box runs at idle priority (a cgroup's ``cpu.idle`` for Docker boxes, ``SCHED_IDLE`` for the
+  processes of a local box): any task of normal priority that wakes takes the core from it at once;
+* and it is confined to the busy cores (every core but the first ``quiet_cores``), so the quiet
+  cores are free for the controller and quiet boxes whatever the scheduler does.
+
+A demoted box keeps its quota and still runs, on whatever its betters leave. Quiet boxes are never
+touched. A box that runs cells back to back without pause uses a CPU too, and is demoted like any
+other busy box. What each backend can do is said where it registers its boxes (``Governed``).
+
+With fewer than two cores nothing can be kept aside and the governor does nothing.
+``RLM_SANDBOX_QUIET_CORES`` sets how many cores are kept for quiet work (default:
+a quarter of the cores, at least one); ``0`` turns the governor off.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from sandboxes.logs import get_logger
+
+log = get_logger("sandboxes.governor")
+
+QUIET_CORES_ENV = "RLM_SANDBOX_QUIET_CORES"
+SAMPLE_S = 0.1
+BUSY_WINDOW_S = 0.5
+BUSY_CPUS = 0.5  # of one CPU, over BUSY_WINDOW_S: the box is demoted
+QUIET_CPUS = 0.2  # of one CPU, over BUSY_WINDOW_S: a box this calm throughout CALM_S is restored
+CALM_S = 2.0
+
+
+def core_sets(cores: frozenset[int], quiet_cores: int | None = None) -> tuple[frozenset[int], frozenset[int]] | None:
+    """(every core, the busy cores: all but the first ``quiet_cores``), or None where no core can be
+    kept aside."""
+    if quiet_cores is None:
+        setting = os.environ.get(QUIET_CORES_ENV, "").strip()
+        quiet_cores = max(1, len(cores) // 4)
+        if setting.isdigit():
+            quiet_cores = int(setting)
+        elif setting:
+            log.warning("cpu_governor_bad_setting", variable=QUIET_CORES_ENV, value=setting[:40],
+                        using=quiet_cores, hint="a whole number of cores; 0 turns the governor off")
+    if len(cores) < 2 or quiet_cores <= 0:
+        return None
+    ordered = sorted(cores)
+    return cores, frozenset(ordered[min(quiet_cores, len(ordered) - 1):])
+
+
+def cpuset_text(cores: frozenset[int]) -> str:
+    """Cores as a cpuset list (``0-3,6``), the form Docker and the kernel take."""
+    runs: list[list[int]] = []
+    for core in sorted(cores):
+        if runs and core == runs[-1][1] + 1:
+            runs[-1][1] = core
+        else:
+            runs.append([core, core])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+@dataclass
+class BoxLoad:
+    """One box's recent CPU use, as the governor sampled it, and whether it is demoted."""
+
+    samples: deque[tuple[float, int]] = field(default_factory=deque)  # (time, CPU ns), over BUSY_WINDOW_S
+    busy: bool = False
+    calm_since: float | None = None
+
+    def step(self, usage_ns: int, now: float) -> bool | None:
+        """Take a sample; returns True to demote the box, False to restore it, None to leave it."""
+        self.samples.append((now, usage_ns))
+        while len(self.samples) > 2 and now - self.samples[1][0] >= BUSY_WINDOW_S - 1e-9:
+            self.samples.popleft()
+        (first_at, first_ns), (last_at, last_ns) = self.samples[0], self.samples[-1]
+        if now - first_at < BUSY_WINDOW_S - 1e-9:
+            return None  # seen for less than the window: too soon to call it busy
+        window = (last_ns - first_ns) / 1e9 / (last_at - first_at)
+        if not self.busy:
+            if window >= BUSY_CPUS:
+                self.busy, self.calm_since = True, None
+                return True
+            return None
+        if window >= QUIET_CPUS:
+            self.calm_since = None
+        elif self.calm_since is None:
+            self.calm_since = now
+        elif now - self.calm_since >= CALM_S:
+            self.busy, self.calm_since = False, None
+            return False
+        return None
+
+
+@dataclass(frozen=True)
+class Governed:
+    """How the governor handles one box, as its backend says: a reader of the box's CPU time (ns;
+    None when unknown for now), and ``place(cores, busy)``, which confines the box to ``cores``
+    (None: leave them) and demotes it (``busy``) or restores it."""
+
+    read: Callable[[], int | None]
+    place: Callable[[frozenset[int] | None, bool], None]
+
+
+@dataclass
+class _Box:
+    key: str
+    setup: Callable[[], Governed | None]
+    governed: Governed | None = None  # set up on the first sample
+    load: BoxLoad = field(default_factory=BoxLoad)
+    ready: bool = False  # its agent said ready: judged by its work from now on
+    starting: bool = False  # demoted for its start-up
+
+
+@dataclass
+class CpuGovernor:
+    """The process's governor: boxes join as they start and leave when they are destroyed.
+
+    ``setup`` runs once, in the governor's thread (it may block: a Docker inspect), and says how
+    to read and place the box, or None to leave it alone."""
+
+    sets: tuple[frozenset[int], frozenset[int]] | None
+    boxes: dict[str, _Box] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    thread: threading.Thread | None = None
+
+    def add(self, key: str, setup: Callable[[], Governed | None]) -> None:
+        if self.sets is None:
+            return
+        with self.lock:
+            self.boxes[key] = _Box(key, setup)
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._run, name="sandbox-cpu-governor", daemon=True)
+                self.thread.start()
+
+    def ready(self, key: str) -> None:
+        """The box is up: restore it if it was demoted for its start-up, and judge it from now on."""
+        with self.lock:
+            if key in self.boxes:
+                self.boxes[key].ready = True
+
+    def remove(self, key: str | None) -> None:
+        with self.lock:
+            self.boxes.pop(key or "", None)
+
+    def _run(self) -> None:
+        while True:
+            with self.lock:
+                boxes = list(self.boxes.values())
+                if not boxes:
+                    self.thread = None
+                    return
+            for box in boxes:
+                try:
+                    self._sample(box)
+                except Exception as exc:  # a box going away mid-sample, an engine hiccup
+                    log.debug("cpu_governor_dropped", box=box.key[:12], error=repr(exc)[:200])
+                    self.remove(box.key)
+            time.sleep(SAMPLE_S)
+
+    def _sample(self, box: _Box) -> None:
+        assert self.sets is not None
+        if box.governed is None:
+            box.governed = box.setup()
+            if box.governed is None:
+                log.debug("cpu_governor_not_governed", box=box.key[:12])
+                self.remove(box.key)
+                return
+            if not box.ready:
+                box.governed.place(None, True)  # starting up is busy work: idle priority, every core
+                box.starting = True
+        if box.starting and box.ready:
+            box.governed.place(None, False)
+            box.starting = False
+        if box.starting:
+            return
+        usage, now = box.governed.read(), time.monotonic()
+        if usage is None:
+            return
+        move = box.load.step(usage, now)
+        if move is None:
+            return
+        with self.lock:
+            if box.key not in self.boxes:
+                return  # destroyed meanwhile: nothing to move
+        box.governed.place(self.sets[1] if move else self.sets[0], move)
+        log.debug("cpu_governor_moved", box=box.key[:12], busy=move)
+
+
+# The cores this process may use: on a machine that gave the controller only some, the boxes get those.
+governor = CpuGovernor(core_sets(frozenset(os.sched_getaffinity(0))))

@@ -1,0 +1,135 @@
+"""The CPU governor's policy (which core sets, when a box is demoted and restored), and the local
+backend's demotion: a spinning local box is confined to the busy cores and, where the controller may
+restore it, runs at idle priority; its quiet neighbour is never touched."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any, Callable
+
+import pytest
+
+from sandboxes import SandboxSpec, open_sandbox
+from sandboxes import cpu_governor
+from sandboxes.backends import local
+from sandboxes.cpu_governor import BoxLoad, core_sets, cpuset_text, governor
+
+SPIN = "import time\nend = time.time() + {seconds}\nwhile time.time() < end:\n    pass\nprint('spun')"
+
+
+def cores(count: int) -> frozenset[int]:
+    return frozenset(range(count))
+
+
+def texts(sets: tuple[frozenset[int], frozenset[int]] | None) -> tuple[str, str] | None:
+    return None if sets is None else (cpuset_text(sets[0]), cpuset_text(sets[1]))
+
+
+def test_core_sets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(cpu_governor.QUIET_CORES_ENV, raising=False)  # the defaults, whatever this shell set
+    assert texts(core_sets(cores(1), None)) is None  # nothing to keep aside
+    assert texts(core_sets(cores(2), None)) == ("0-1", "1")
+    assert texts(core_sets(cores(8), None)) == ("0-7", "2-7")
+    assert texts(core_sets(cores(8), 3)) == ("0-7", "3-7")
+    assert texts(core_sets(cores(4), 0)) is None  # turned off
+    assert texts(core_sets(cores(2), 5)) == ("0-1", "1")  # a busy box always keeps a core
+    assert texts(core_sets(frozenset({2, 3, 5, 6}), 1)) == ("2-3,5-6", "3,5-6")  # the cores it was given
+    assert cpuset_text(frozenset({0, 1, 2, 5, 7, 8})) == "0-2,5,7-8"
+
+
+def test_quiet_cores_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(cpu_governor.QUIET_CORES_ENV, "0")
+    assert core_sets(cores(8)) is None
+    monkeypatch.setenv(cpu_governor.QUIET_CORES_ENV, "3")
+    assert texts(core_sets(cores(8))) == ("0-7", "3-7")
+    monkeypatch.setenv(cpu_governor.QUIET_CORES_ENV, "lots")
+    assert texts(core_sets(cores(8))) == ("0-7", "2-7")  # the default, with a warning
+
+
+def test_a_box_is_demoted_when_busy_and_restored_only_after_a_calm_spell() -> None:
+    s = cpu_governor.SAMPLE_S
+    window = round(cpu_governor.BUSY_WINDOW_S / s)
+    load = BoxLoad()
+    used = 0
+    t = 0.0
+
+    def sample(cpus: float) -> bool | None:
+        nonlocal used, t
+        t += s
+        used += int(cpus * s * 1e9)
+        return load.step(used, t)
+
+    assert [sample(0.0) for _ in range(window + 1)] == [None] * (window + 1)
+    assert [sample(0.3) for _ in range(2 * window)] == [None] * (2 * window)  # quiet work stays
+    assert sample(1.0) is None  # a busy moment is not a busy box
+    rest = [sample(1.0) for _ in range(window)]
+    assert True in rest and load.busy  # over half a CPU through the window is
+    assert sample(1.0) is None
+    assert [sample(0.0) for _ in range(window)] == [None] * window  # calm begins once the window is
+    assert [sample(0.6) for _ in range(2)] == [None, None]  # busy again: the calm spell starts over
+    calm = [sample(0.0) for _ in range(window + round(cpu_governor.CALM_S / s) + 1)]
+    assert False in calm and not load.busy
+    assert calm.index(False) * s >= cpu_governor.CALM_S
+
+
+def test_a_paced_box_is_never_demoted() -> None:
+    """A third of a CPU (a trivial cell every 20 ms), even counted in 10 ms ticks, is quiet."""
+    load, used, t = BoxLoad(), 0, 0.0
+    for i in range(600):
+        t += cpu_governor.SAMPLE_S
+        used += 10_000_000 * (3 + (i % 3 == 0))  # 30 or 40 ms in each 100 ms: ticks fall unevenly
+        assert load.step(used, t) is None
+
+
+async def until(check: Callable[[], Any], seconds: float) -> bool:
+    """Whether ``check()`` came true within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+def box_threads(box: Any) -> list[int]:
+    found = []
+    for pid in local.tree(box.backend.proc.pid, local.process_table()):
+        try:
+            found += [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            pass
+    return found
+
+
+def placed(box: Any, cores: frozenset[int], policy: int) -> bool:
+    """Every thread of the box on ``cores`` under ``policy`` (where the controller changes policies)."""
+    threads = box_threads(box)
+    try:
+        return bool(threads) and all(
+            os.sched_getaffinity(tid) == cores
+            and (not local.RESTORABLE or os.sched_getscheduler(tid) == policy) for tid in threads)
+    except OSError:
+        return False  # a thread ended meanwhile: look again
+
+
+async def test_a_spinning_local_box_is_demoted_and_its_quiet_neighbour_is_not() -> None:
+    if governor.sets is None:
+        pytest.skip("a governor needs two cores or more, and RLM_SANDBOX_QUIET_CORES not 0")
+    every, busy = governor.sets
+    spec = SandboxSpec(backend="local", cell_timeout_s=60)
+    async with open_sandbox(spec) as spinner, open_sandbox(spec) as quiet:
+        # Once ready, a box is restored from its start-up demotion.
+        assert await until(lambda: placed(spinner, every, os.SCHED_OTHER) and placed(quiet, every, os.SCHED_OTHER),
+                           3.0), "not restored after start-up"
+        spinning = asyncio.ensure_future(spinner.execute(SPIN.format(seconds=4), timeout=60))
+        assert await until(lambda: placed(spinner, busy, os.SCHED_IDLE), 3.0), "never demoted"
+        for _ in range(20):
+            assert (await quiet.execute("1 + 1")).status == "ok"
+        assert placed(quiet, every, os.SCHED_OTHER)
+        result = await spinning
+        assert result.status == "ok" and result.stdout == "spun\n", result
+        assert await until(lambda: placed(spinner, every, os.SCHED_OTHER), cpu_governor.CALM_S + 3.0), "never restored"
+        assert (await spinner.execute("print('still here')")).stdout == "still here\n"
+        assert placed(quiet, every, os.SCHED_OTHER)
