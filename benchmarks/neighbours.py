@@ -4,8 +4,8 @@
     python benchmarks/neighbours.py --backend docker [--runtime runsc] [--hostile 4] [--attack-s 30]
     python benchmarks/neighbours.py --backend docker --runtime runsc --restarts 10
 
-One neighbour box runs trivial cells, first alone (idle) and then while ``--hostile`` boxes attack
-the controller they share, each with one of:
+One neighbour box runs trivial cells, one every ``--pace-ms`` (20 ms), first alone (idle) and then
+while ``--hostile`` boxes attack the controller they share, each with one of:
 
 * ``calls``: four kernel threads sending guest calls without pause, each alternating a list of a
   million integers (refused inside the box: over the value cap) and one at the cap (a list and
@@ -217,9 +217,10 @@ def main() -> None:
     parser.add_argument("--attacks", type=lambda text: text.split(","), default=["calls", "flood", "stop"],
                         help="attacks given to the hostile boxes in turn (default calls,flood,stop)")
     parser.add_argument("--restarts", type=int, default=0)
-    parser.add_argument("--pace-ms", type=float, default=0.0,
-                        help="the neighbour's pause between cells (default 0: back to back, a CPU's worth of "
-                             "work in itself; 20: a box that mostly waits, as one in an RLM run does)")
+    parser.add_argument("--pace-ms", type=float, default=20.0,
+                        help="the neighbour's pause between cells (default 20: a box that mostly waits, as one "
+                             "in an RLM run does; 0: back to back, a CPU's worth of work in itself, which the "
+                             "CPU governor demotes like any other busy box)")
     args = parser.parse_args()
     figures = asyncio.run(run(args))
     for key, value in figures.items():

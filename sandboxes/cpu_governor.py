@@ -3,17 +3,18 @@
 Why: a CPU quota caps what a box uses, not when its neighbours get to run. On a host with fewer
 cores than busy boxes, a box whose cell needs a few milliseconds (and the controller itself) waits
 behind the busy ones at every wake-up. Measured with ``benchmarks/neighbours.py`` on 2 cores (a
-neighbour running a cell every 20 ms beside four hostile boxes), the neighbour's p99 was 16 times its
-idle one with no governor. Lowering the busy boxes' CPU weight left it at about 5 times: with equal
-policy, a waking task still waits for the running one's slice.
+neighbour running a cell every 20 ms beside four hostile boxes, Docker runc), the neighbour's p99 was
+16 times its idle one with no governor, about 5 times with the busy boxes' CPU weight lowered (a
+waking task of equal policy still waits for the running one's slice), 3 to 4 times with the busy
+boxes only kept off one core, and 1.3 to 1.5 times with them demoted as below.
 
 How: a thread of its own (never the event loop) samples each box's CPU time every ``SAMPLE_S``. A
 box starts demoted in priority (not in cores): starting a kernel is a second of busy work that must
-not slow the boxes already at work. Once its agent says ready it is restored and judged by its work
-from then on: a box that used at least
-``BUSY_CPUS`` of a CPU over ``BUSY_WINDOW_S`` is demoted; one that then stays under ``QUIET_CPUS``
-(over the same window) for ``CALM_S`` is restored. The window is long enough that the 10 ms ticks
-in which Linux counts a process's CPU time do not make a quiet box look busy. The backend does the demoting, with what its provider allows:
+not slow the boxes already at work. Once its agent says ready it is restored and judged by its work:
+a box that used at least ``BUSY_CPUS`` of a CPU over ``BUSY_WINDOW_S`` is demoted; one that then
+stays under ``QUIET_CPUS`` (over the same window) for ``CALM_S`` is restored. The window is long
+enough that the 10 ms ticks in which Linux counts a process's CPU time do not make a quiet box look
+busy. The backend does the demoting, with what its provider allows:
 
 * the box runs at idle priority (a cgroup's ``cpu.idle`` for Docker boxes, ``SCHED_IDLE`` for the
   processes of a local box): any task of normal priority that wakes takes the core from it at once;
@@ -25,8 +26,8 @@ touched. A box that runs cells back to back without pause uses a CPU too, and is
 other busy box. What each backend can do is said where it registers its boxes (``Governed``).
 
 With fewer than two cores nothing can be kept aside and the governor does nothing.
-``RLM_SANDBOX_QUIET_CORES`` sets how many cores are kept for quiet work (default:
-a quarter of the cores, at least one); ``0`` turns the governor off.
+``RLM_SANDBOX_QUIET_CORES`` sets how many cores are kept for quiet work (default: a quarter of the
+cores, at least one); ``0`` turns the governor off.
 """
 
 from __future__ import annotations

@@ -24,12 +24,9 @@ from sandboxes.backends.base import Backend, agent_argv
 from sandboxes.cancellation import cancelling
 from sandboxes.cpu_governor import SAMPLE_S, Governed, governor
 from sandboxes.errors import SandboxStartError
-from sandboxes.logs import get_logger
 from sandboxes.results import Diagnosis, DiagnosisKind
 from sandboxes.backends.guest_bundle import write_guest
 from sandboxes.transport import ByteStream, UnixListener
-
-log = get_logger("sandboxes.local")
 
 MARKER_ENV = "SANDBOX_BOX_ID"
 # The controller process that started the box: its boxes' processes can be found after the fact.
