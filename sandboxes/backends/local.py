@@ -170,9 +170,10 @@ class LocalSandbox(Backend):
         finally:
             log.close()
         if RESTORABLE and governor.sets is not None:
-            # Start-up is busy work: at idle priority from the first moment, which the kernel the
-            # agent launches inherits (the governor's first look may come after that launch).
+            # Start-up is busy work: on the busy cores at idle priority from the first moment, which
+            # the kernel the agent launches inherits (the governor's first look may come later).
             try:
+                os.sched_setaffinity(self.proc.pid, governor.sets[1])
                 os.sched_setscheduler(self.proc.pid, os.SCHED_IDLE, os.sched_param(0))
             except OSError:
                 pass
@@ -245,7 +246,7 @@ class LocalSandbox(Backend):
                     except OSError:
                         pass  # the thread ended meanwhile
 
-        return Governed(read, place)
+        return Governed(read, place, confine_start=True)
 
     def on_ready(self) -> None:
         governor.ready(self.box_id)
