@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from sandboxes.backends.base import Backend, agent_argv
 from sandboxes.cancellation import cancelling
@@ -52,6 +52,23 @@ def _minimal_env(home: Path, guest_root: Path, box_id: str, extra: dict[str, str
     return env
 
 
+def stat_fields(pid: str) -> list[bytes]:
+    """The fields of ``/proc/<pid>/stat`` after the command's name (the state first, then the parent
+    pid); OSError or ValueError where the process is gone or the line is cut."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    return stat[stat.rindex(b")") + 2 :].split()
+
+
+def descendants(root: int, parents: Mapping[int, int]) -> set[int]:
+    """``root`` and every process below it, from each process's parent pid."""
+    found, frontier = set(), {root}
+    while frontier:
+        found |= frontier
+        frontier = {pid for pid, ppid in parents.items() if ppid in frontier and pid not in found}
+    return found
+
+
 def marked_processes(marker: str, *, prefix: bool = False, parents: dict[int, int] | None = None) -> set[int]:
     """Live (not zombie) processes whose environment holds ``marker`` (``NAME=value``), or with
     ``prefix`` a variable starting with it. Fills ``parents`` (pid -> ppid of every process) if given."""
@@ -62,9 +79,7 @@ def marked_processes(marker: str, *, prefix: bool = False, parents: dict[int, in
             continue
         pid = int(entry.name)
         try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                stat = f.read()
-            fields = stat[stat.rindex(b")") + 2 :].split()
+            fields = stat_fields(entry.name)
             if parents is not None:
                 parents[pid] = int(fields[1])
             if fields[0] == b"Z":
@@ -108,9 +123,7 @@ def process_table() -> dict[int, tuple[int, int, int]]:
         if not entry.name.isdigit():
             continue
         try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read()
-            fields = stat[stat.rindex(b")") + 2 :].split()
+            fields = stat_fields(entry.name)
             if fields[0] != b"Z":
                 table[int(entry.name)] = (int(fields[1]), int(fields[3]), (int(fields[11]) + int(fields[12])) * TICK_NS)
         except (OSError, ValueError, IndexError):
@@ -122,10 +135,9 @@ def process_table() -> dict[int, tuple[int, int, int]]:
 def tree(root: int, table: dict[int, tuple[int, int, int]]) -> set[int]:
     """``root`` and its descendants, and every process in one of their sessions (a daemon that forked
     away from its parent but kept its session)."""
-    found, frontier = set(), {root} & table.keys()
-    while frontier:
-        found |= frontier
-        frontier = {pid for pid, (ppid, _, _) in table.items() if ppid in frontier and pid not in found}
+    if root not in table:
+        return set()
+    found = descendants(root, {pid: ppid for pid, (ppid, _, _) in table.items()})
     sessions = {table[pid][1] for pid in found}
     return found | {pid for pid, (_, sid, _) in table.items() if sid in sessions and sid != os.getsid(0)}
 
@@ -204,10 +216,7 @@ class LocalSandbox(Backend):
         parents: dict[int, int] = {}
         pids = marked_processes(f"{MARKER_ENV}={self.box_id}", parents=parents)
         if self.proc is not None:
-            frontier = {self.proc.pid}
-            while frontier:
-                pids |= frontier
-                frontier = {p for p, ppid in parents.items() if ppid in frontier and p not in pids}
+            pids |= descendants(self.proc.pid, parents)
         pids.discard(os.getpid())
         return pids
 

@@ -84,10 +84,10 @@ def test_a_paced_box_is_never_demoted() -> None:
 
 
 async def until(check: Callable[[], Any], seconds: float) -> bool:
-    """Whether ``check()`` came true within ``seconds``."""
+    """Whether ``check()`` (run in a thread: it may block) came true within ``seconds``."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if check():
+        if await asyncio.to_thread(check):
             return True
         await asyncio.sleep(0.05)
     return False

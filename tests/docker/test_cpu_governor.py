@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from typing import Any
 
 import pytest
@@ -15,20 +14,10 @@ from sandboxes import cpu_governor
 from sandboxes.backends.docker.cgroups import box_cgroup
 from sandboxes.cpu_governor import governor
 from sandboxes.backends.docker.engine import engine_runtimes
-from tests.core.test_cpu_governor import texts
+from tests.core.test_cpu_governor import texts, until
 from tests.docker.helpers import docker_spec
 
 SPIN = "import time\nend = time.time() + {seconds}\nwhile time.time() < end:\n    pass\nprint('spun')"
-
-
-async def until(check: Any, seconds: float) -> bool:
-    """Whether ``check()`` (run in a thread: it may block) came true within ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if await asyncio.to_thread(check):
-            return True
-        await asyncio.sleep(0.1)
-    return False
 
 
 def _cpuset(docker_client: Any, name: str) -> str:
