@@ -21,7 +21,7 @@ stays under ``QUIET_CPUS`` (over the same window) for ``CALM_S`` is restored. Th
 enough that the 10 ms ticks in which Linux counts a process's CPU time do not make a quiet box look
 busy. The backend does the demoting, with what its provider allows:
 
-* the box runs at idle priority (a cgroup's ``cpu.idle`` for Docker boxes, ``SCHED_IDLE`` for the
+* the box runs at idle priority (a cgroup's ``cpu.idle`` for Docker runc boxes, ``SCHED_IDLE`` for the
   processes of a local box): any task of normal priority that wakes takes the core from it at once;
 * and it is confined to the busy cores (every core but the first ``quiet_cores``), so the quiet
   cores are free for the controller and quiet boxes whatever the scheduler does.

@@ -79,7 +79,7 @@ async def test_a_spinning_gvisor_box_is_moved_through_its_cgroup(docker_client: 
             pytest.skip("the box's cgroup is not writable here (not root): gVisor boxes are not moved")
         spinning = asyncio.ensure_future(spinner.execute(SPIN.format(seconds=6), timeout=60))
         assert await until(lambda: cpuset.read_text().strip() == busy, 5.0), "never moved"
-        assert idle is None or _read(idle) == "1"
+        assert idle is None or _read(idle) == "0"  # cores only: its agent must stay able to interrupt
         result = await spinning
         assert result.status == "ok" and result.stdout == "spun\n", result
         assert await until(lambda: cpuset.read_text().strip() == every, cpu_governor.CALM_S + 5.0)

@@ -224,7 +224,7 @@ class DockerSandbox(Backend):
     def _governed(self) -> Governed | None:
         """How the CPU governor reads and places this box (in its thread: inspect blocks). A runc box
         is confined through Docker's update API, a gVisor one (runsc has no ``update``) through its
-        cgroup; either is demoted through its cgroup's ``cpu.idle`` where this process may write it."""
+        cgroup; a runc box is also demoted through its cgroup's ``cpu.idle`` where this process may write it."""
         api, container_id = self._client.api, self.container_id
         state = api.inspect_container(container_id)
         cgroup = box_cgroup(state["State"].get("Pid") or 0, container_id)
@@ -233,7 +233,9 @@ class DockerSandbox(Backend):
         runc = (state["HostConfig"].get("Runtime") or "runc") != "runsc"
         if not runc and cgroup.cpuset is None:
             return None  # runsc cannot update a running box, and its cgroup is not ours to write
-        idle, cpuset = cgroup.idle, cgroup.cpuset
+        # A gVisor box is one cgroup for agent and kernel alike: at idle priority its agent, starved with
+        # the busy kernel, missed delivering a cell's interrupt within the grace period. Cores only.
+        idle, cpuset = (cgroup.idle if runc else None), cgroup.cpuset
 
         def place(cores: frozenset[int] | None, busy: bool) -> None:
             if idle is not None:
