@@ -30,11 +30,18 @@ No box slows the controller
       ``protocol.MAX_CALL_VALUES`` values, so no single line from a well-behaved agent costs more
       than a few milliseconds to decode, whatever kernel code sends;
     * each box has a decode budget, a share of one core (``DECODE_SHARE``, with a burst of
-      ``DECODE_BURST_S``): the CPU time of each decode is charged to its box, and a box over budget
-      is not read until the budget refills. Its bytes wait in its own socket, its agent's writes
-      block, and kernel code calling in a loop is slowed at its source. A compromised agent that
-      skips the value cap can still make one decode long; it then pays for it with its reading
-      time.
+      ``DECODE_BURST_S``): each line is charged to its box, the CPU time of its decode plus its
+      bytes at ``BYTE_COST_S`` (reading and copying it), and a box over budget is not read until the
+      budget refills. Its bytes wait in its own socket, its agent's writes block, and kernel code
+      calling in a loop is slowed at its source. A compromised agent that skips the value cap can
+      still make one decode long; it then pays for it with its reading time.
+    * a box the CPU governor has demoted for keeping a CPU busy (``demoted``) gets a fifth of that
+      share and burst (``DEMOTED_FACTOR``), for as long as it keeps running out of them
+      (``SLOWED_CALM_S``): the controller shares a core with the quiet boxes it
+      serves, and a box flooding cell output costs it about 2.5 ms of CPU per 512 KB result. Four
+      such boxes at the full share took a fifth of a core, and a quiet neighbour's cells waited
+      behind it (p99 2.6 times its idle one on a 2-core machine, 1.4 times with results capped at
+      16 KB).
     * a box's reader takes turns: reading bytes already buffered does not suspend, so after each
       chunk, and after ``DECODE_TURN_S`` of decoding within one, it yields to the event loop. A
       neighbour's answer waits for at most one line per busy box, not for a busy box's whole
@@ -86,6 +93,13 @@ PROBE_POLL_S = 0.5
 DECODE_SHARE = 0.05
 DECODE_BURST_S = 0.25
 MAX_DECODE_PAUSE_S = 1.0
+# What a byte of a line costs beyond its decode (reading it off the socket, copying it: measured
+# about 3 ns), and the part of its share and burst a box demoted by the CPU governor keeps.
+BYTE_COST_S = 3e-9
+DEMOTED_FACTOR = 0.2
+# A slowed box that keeps running out of its smaller budget stays slowed until this long after it
+# last did, even once the governor restores it (held back by its reader, it no longer looks busy).
+SLOWED_CALM_S = 2.0
 # Decoding in one turn of the event loop: past this, a box's reader lets the other boxes run.
 DECODE_TURN_S = 0.001
 # Per box: bytes of guest-call lines being served or queued (a decoded payload takes a few times its
@@ -115,6 +129,7 @@ class Channel:
         decode_share: float = DECODE_SHARE,
         decode_burst_s: float = DECODE_BURST_S,
         box_id: str = "",
+        demoted: Callable[[], bool] = lambda: False,
     ) -> None:
         self.stream = stream
         self.handlers: dict[str, Handler] = dict(handlers or {})
@@ -137,6 +152,8 @@ class Channel:
         self._heard_at = loop.time()
         self._share = decode_share
         self._burst = decode_burst_s
+        self._demoted = demoted
+        self._slowed_until = 0.0
         self._budget = decode_burst_s
         self._budget_at = loop.time()
         self.lost: str | None = None
@@ -311,7 +328,7 @@ class Channel:
                     else:
                         started = time.thread_time()
                         message = self._decode(line)
-                        cost = time.thread_time() - started
+                        cost = time.thread_time() - started + len(line) * BYTE_COST_S
                         if message is not None:
                             await self._dispatch(message, len(line))
                         await self._pace(cost)
@@ -332,12 +349,18 @@ class Channel:
         """Charge ``cost`` s of decoding to this box; over budget, stop reading it until it refills."""
         loop = asyncio.get_running_loop()
         now = loop.time()
-        self._budget = min(self._burst, self._budget + (now - self._budget_at) * self._share) - cost
+        share, burst = self._share, self._burst
+        slowed = now < self._slowed_until or self._demoted()
+        if slowed:
+            share, burst = share * DEMOTED_FACTOR, burst * DEMOTED_FACTOR
+        self._budget = min(burst, self._budget + (now - self._budget_at) * share) - cost
         self._budget_at = now
         if self._budget < 0:
-            pause = min(-self._budget / self._share, MAX_DECODE_PAUSE_S)
+            if slowed:  # held back, it looks calm to the governor: it stays slowed while it presses
+                self._slowed_until = now + SLOWED_CALM_S
+            pause = min(-self._budget / share, MAX_DECODE_PAUSE_S)
             await asyncio.sleep(pause)
-            self._budget = min(0.0, self._budget + pause * self._share)
+            self._budget = min(0.0, self._budget + pause * share)
             self._budget_at = self._heard_at = loop.time()
 
     def _decode(self, line: bytes) -> dict[str, Any] | None:

@@ -11,7 +11,7 @@ boxes only kept off one core, and 1.3 to 1.5 times with them demoted as below.
 How: a thread of its own (never the event loop) samples each box's CPU time every ``SAMPLE_S``. A
 box starts demoted: starting a kernel is a second of busy work that must not slow the boxes already
 at work. A starting box is lowered in priority; a local one is also kept off the quiet cores
-(``Governed.confine_start``): much of a start is work inside the OS (exec, page faults, file reads),
+(``Governed.confine_start``) while a quiet box is up to be protected: much of a start is work inside the OS (exec, page faults, file reads),
 which a Linux built without full preemption (PREEMPT_NONE, usual on servers) does not interrupt for a
 waking task, whatever the policy; measured, a quiet local neighbour's p99 under attack went from
 2.4-2.6 to 1.6-2.0 times its idle one. Docker boxes start on every core: confining them measured
@@ -26,7 +26,8 @@ busy. The backend does the demoting, with what its provider allows:
 * and it is confined to the busy cores (every core but the first ``quiet_cores``), so the quiet
   cores are free for the controller and quiet boxes whatever the scheduler does.
 
-A demoted box keeps its quota and still runs, on whatever its betters leave. Quiet boxes are never
+A demoted box keeps its quota and still runs, on whatever its betters leave; the controller's own
+work for it is demoted too (``Channel``: a fifth of the decode share). Quiet boxes are never
 touched. A box that runs cells back to back without pause uses a CPU too, and is demoted like any
 other busy box. What each backend can do is said where it registers its boxes (``Governed``).
 
@@ -165,6 +166,17 @@ class CpuGovernor:
             if key in self.boxes:
                 self.boxes[key].ready = True
 
+    def demoted(self, key: str) -> bool:
+        """Whether the box is demoted for its work now (read without the lock: one dict lookup)."""
+        box = self.boxes.get(key)
+        return box is not None and box.load.busy
+
+    def protecting(self) -> bool:
+        """Whether a box is up and quiet: a neighbour a starting box could slow. Alone, a box starts
+        on every core (a start confined to some cores takes longer, for nobody's sake)."""
+        with self.lock:
+            return any(box.ready and not box.starting and not box.load.busy for box in self.boxes.values())
+
     def remove(self, key: str | None) -> None:
         with self.lock:
             self.boxes.pop(key or "", None)
@@ -193,7 +205,8 @@ class CpuGovernor:
                 self.remove(box.key)
                 return
             if not box.ready:  # starting up is busy work
-                box.governed.place(self.sets[1] if box.governed.confine_start else None, True)
+                confine = box.governed.confine_start and self.protecting()
+                box.governed.place(self.sets[1] if confine else None, True)
                 box.starting = True
         if box.starting and box.ready:
             box.governed.place(self.sets[0] if box.governed.confine_start else None, False)

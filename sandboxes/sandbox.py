@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import re
 import time
@@ -27,6 +28,7 @@ from sandboxes import cleanup
 from sandboxes.backend import Backend, BackendFactory, backend_class
 from sandboxes.cancellation import finish
 from sandboxes.channel import PROBE_INTERVAL_S, Channel, Handler, write_timeout
+from sandboxes.cpu_governor import governor
 from sandboxes.errors import SandboxClosed, SandboxError, SandboxLost, SandboxStartError
 from sandboxes.guest import protocol
 from sandboxes.guest.kernel import KERNEL_READY_TIMEOUT
@@ -103,7 +105,8 @@ class Sandbox:
                 async with asyncio.timeout(spec.startup_timeout_s):
                     stream = await backend.start()
                     channel = Channel(stream, handlers=handlers, max_concurrent_calls=spec.max_concurrent_calls,
-                                      max_pending_calls=spec.max_pending_calls, box_id=backend.box_id)
+                                      max_pending_calls=spec.max_pending_calls, box_id=backend.box_id,
+                                      demoted=functools.partial(governor.demoted, backend.box_id))
                     channel.start()
                     ready = await channel.ready(spec.startup_timeout_s)
                 _check_versions(ready)

@@ -182,10 +182,12 @@ class LocalSandbox(Backend):
         finally:
             log.close()
         if RESTORABLE and governor.sets is not None:
-            # Start-up is busy work: on the busy cores at idle priority from the first moment, which
-            # the kernel the agent launches inherits (the governor's first look may come later).
+            # Start-up is busy work: at idle priority (and off the quiet cores while a quiet box is up)
+            # from the first moment, which the kernel the agent launches inherits (the governor's
+            # first look may come later).
             try:
-                os.sched_setaffinity(self.proc.pid, governor.sets[1])
+                if governor.protecting():
+                    os.sched_setaffinity(self.proc.pid, governor.sets[1])
                 os.sched_setscheduler(self.proc.pid, os.SCHED_IDLE, os.sched_param(0))
             except OSError:
                 pass

@@ -203,9 +203,9 @@ def _costly_line(values: int) -> dict[str, Any]:
     return {"type": "call", "id": "c", "name": "sink", "payload": list(range(10**6, 10**6 + values))}
 
 
-async def test_decoding_is_paced_to_the_boxs_share() -> None:
-    """A box that sends costly lines back to back gets at most its share of the loop: the decoding
-    of 40 lines at the value cap is spread over several times its own CPU time."""
+async def _paced(lines: int, demoted: Any = lambda: False) -> tuple[float, float]:
+    """(seconds a box took to get ``lines`` costly guest calls served at a decode share of 0.2, the
+    CPU time their decoding alone costs)."""
     served = 0
 
     async def sink(payload: Any) -> int:
@@ -218,21 +218,43 @@ async def test_decoding_is_paced_to_the_boxs_share() -> None:
     started = time.thread_time()
     for _ in range(5):
         protocol.decode(line, protocol.TO_CONTROLLER)
-    cost = (time.thread_time() - started) / 5 * 40
+    cost = (time.thread_time() - started) / 5 * lines
 
-    share = 0.2
     stream = ScriptedStream()
-    channel = Channel(stream, handlers={"sink": sink}, decode_share=share, decode_burst_s=0.01, box_id="t")
+    channel = Channel(stream, handlers={"sink": sink}, decode_share=0.2, decode_burst_s=0.01, box_id="t",
+                      demoted=demoted)
     channel.start()
     begun = time.monotonic()
-    for i in range(40):
+    for i in range(lines):
         stream.push(dict(message, id=f"c{i}"))
-    await stream.wait_sent(lambda m: m.get("to") == "c39", timeout=120)
+    await stream.wait_sent(lambda m: m.get("to") == f"c{lines - 1}", timeout=120)
     took = time.monotonic() - begun
-    assert served == 40
+    assert served == lines
+    await channel.close()
+    return took, cost
+
+
+async def test_decoding_is_paced_to_the_boxs_share() -> None:
+    """A box that sends costly lines back to back gets at most its share of the loop: the decoding
+    of 40 lines at the value cap is spread over several times its own CPU time."""
+    took, cost = await _paced(40)
     # At a share of 0.2 the 40 decodes take five times their cost; unpaced, about their cost.
     assert took > 2.5 * cost, (took, cost)
-    await channel.close()
+
+
+async def test_a_demoted_box_is_slowed_while_it_presses() -> None:
+    """A box the CPU governor demoted gets a fifth of its share, and keeps that while it goes on
+    running out of it, even once the governor restores it (held back, it looks calm)."""
+    asked = 0
+
+    def demoted_at_first() -> bool:
+        nonlocal asked
+        asked += 1
+        return asked == 1  # restored right after the first line
+
+    took, cost = await _paced(12, demoted_at_first)
+    # At a fifth of 0.2 the 12 decodes take 25 times their cost; at 0.2 itself, five times.
+    assert took > 12 * cost, (took, cost)
 
 
 async def test_a_malformed_answer_ends_the_wait_for_it() -> None:

@@ -83,6 +83,32 @@ def test_a_paced_box_is_never_demoted() -> None:
         assert load.step(used, t) is None
 
 
+def test_a_starting_box_is_confined_only_beside_a_quiet_box() -> None:
+    """Every start is demoted; one that may be confined is kept off the quiet cores only while a box
+    that is up and quiet could be slowed by it, and gets every core back once ready."""
+    every, busy = cores(4), frozenset({1, 2, 3})
+    own = cpu_governor.CpuGovernor((every, busy))
+    placements: dict[str, list[tuple[frozenset[int] | None, bool]]] = {}
+
+    def start(key: str, confine: bool = True) -> None:
+        placements[key] = []
+        governed = cpu_governor.Governed(lambda: 0, lambda c, b: placements[key].append((c, b)), confine)
+        own.boxes[key] = cpu_governor._Box(key, lambda: governed)  # no thread: sampled by hand below
+        own._sample(own.boxes[key])
+
+    start("first")
+    assert placements["first"] == [(None, True)]  # alone: nobody to protect
+    own.ready("first")
+    own._sample(own.boxes["first"])
+    assert placements["first"][-1] == (every, False) and own.protecting()
+    start("second")
+    start("docker-like", confine=False)
+    assert placements["second"] == [(busy, True)] and placements["docker-like"] == [(None, True)]
+    own.boxes["first"].load.busy = True  # the quiet box turned busy: nobody left to protect
+    start("third")
+    assert placements["third"] == [(None, True)] and not own.protecting()
+
+
 async def until(check: Callable[[], Any], seconds: float) -> bool:
     """Whether ``check()`` (run in a thread: it may block) came true within ``seconds``."""
     deadline = time.monotonic() + seconds

@@ -215,11 +215,11 @@ class DockerSandbox(Backend):
         except Exception as exc:
             raise self._start_error(exc) from None
         stream = await self._await_agent()
-        governor.add(self.container_id, self._governed)
+        governor.add(self.box_id, self._governed)
         return stream
 
     def on_ready(self) -> None:
-        governor.ready(self.container_id)
+        governor.ready(self.box_id)
 
     def _governed(self) -> Governed | None:
         """How the CPU governor reads and places this box (in its thread: inspect blocks). A runc box
@@ -367,7 +367,7 @@ class DockerSandbox(Backend):
         return (str(self.dir), BOX_CHANNEL_DIR) if self.dir is not None else None
 
     async def _destroy(self) -> None:
-        governor.remove(self.container_id)
+        governor.remove(self.box_id)
         if self._create is not None and not self._create.done():
             # A create still in flight would otherwise bring the container up after we removed it.
             try:
@@ -406,7 +406,7 @@ class DockerSandbox(Backend):
 
     def _emergency_destroy(self) -> None:
         """At interpreter exit or SIGTERM: remove the container synchronously, best effort."""
-        governor.remove(self.container_id)
+        governor.remove(self.box_id)
         try:
             if self._create is not None:
                 try:
