@@ -8,8 +8,8 @@ One neighbour box runs trivial cells, one every ``--pace-ms`` (20 ms), first alo
 while ``--hostile`` boxes attack the controller they share, each with one of:
 
 * ``calls``: four kernel threads sending guest calls without pause, each alternating a list of a
-  million integers (refused inside the box: over the value cap) and one at the cap (a list and
-  49,999 integers: decoded by the controller, then handled);
+  million integers (refused inside the box: over the value cap) and one at the cap
+  (``MAX_CALL_VALUES``: a list and its integers, decoded by the controller, then handled);
 * ``flood``: cells that each print 8 MB, back to back (every result the largest the output cap lets
   through);
 * ``stop``: kernel code stops its agent (SIGSTOP to its parent). Where the kernel cannot signal the
@@ -35,11 +35,12 @@ from typing import Any
 
 from sandboxes import Sandbox, SandboxSpec, open_sandbox
 from sandboxes.errors import SandboxError
+from sandboxes.guest.protocol import MAX_CALL_VALUES
 
 CALLS = (
     "import threading\n"
     "from sandboxes.guest.runtime import call, GuestCallError\n"
-    "big, capped = list(range(10**6)), list(range(10**6, 10**6 + 49_999))\n"
+    f"big, capped = list(range(10**6)), list(range(10**6, 10**6 + {MAX_CALL_VALUES - 1}))\n"
     "counts = {'refused': 0, 'served': 0}\n"
     "def attack():\n"
     "    while True:\n"
