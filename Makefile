@@ -23,7 +23,7 @@ install: $(VENV)/.installed
 test: install
 	PYTHON=$(PYTHON) bash .ci/setup-docker.sh
 	bash .ci/setup-browser.sh
-	$(PYTHON) -m pytest -ra
+	$(PYTHON) -m pytest -ra --durations=15
 
 demo: install
 	$(PYTHON) -m rlm.demo

@@ -37,11 +37,11 @@ No box slows the controller
       still make one decode long; it then pays for it with its reading time.
     * a box the CPU governor has demoted for keeping a CPU busy (``demoted``) gets a fifth of that
       share and burst (``DEMOTED_FACTOR``), for as long as it keeps running out of them
-      (``SLOWED_CALM_S``): the controller shares a core with the quiet boxes it
-      serves, and a box flooding cell output costs it about 2.5 ms of CPU per 512 KB result. Four
-      such boxes at the full share took a fifth of a core, and a quiet neighbour's cells waited
-      behind it (p99 2.6 times its idle one on a 2-core machine, 1.4 times with results capped at
-      16 KB).
+      (``SLOWED_CALM_S``). The controller shares a core with the quiet boxes it serves, and a box
+      flooding cell output costs it about 2.5 ms of CPU per 512 KB result: four such boxes at the
+      full share took a fifth of a core, and a quiet neighbour's cells waited behind it (p99 2.6
+      times its idle one on a 2-core machine; 1.4 times with their results capped at 16 KB, 1.9
+      times slowed like this).
     * a box's reader takes turns: reading bytes already buffered does not suspend, so after each
       chunk, and after ``DECODE_TURN_S`` of decoding within one, it yields to the event loop. A
       neighbour's answer waits for at most one line per busy box, not for a busy box's whole

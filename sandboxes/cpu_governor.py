@@ -11,13 +11,14 @@ boxes only kept off one core, and 1.3 to 1.5 times with them demoted as below.
 How: a thread of its own (never the event loop) samples each box's CPU time every ``SAMPLE_S``. A
 box starts demoted: starting a kernel is a second of busy work that must not slow the boxes already
 at work. A starting box is lowered in priority; a local one is also kept off the quiet cores
-(``Governed.confine_start``) while a quiet box is up to be protected: much of a start is work inside the OS (exec, page faults, file reads),
-which a Linux built without full preemption (PREEMPT_NONE, usual on servers) does not interrupt for a
-waking task, whatever the policy; measured, a quiet local neighbour's p99 under attack went from
-2.4-2.6 to 1.6-2.0 times its idle one. Docker boxes start on every core: confining them measured
-40 % off the start rate of a 100-run burst on 2 cores. Once its agent says ready a box is restored
-and judged by its work: a box that used at least ``BUSY_CPUS`` of a CPU over ``BUSY_WINDOW_S`` is demoted; one that then
-stays under ``QUIET_CPUS`` (over the same window) for ``CALM_S`` is restored. The window is long
+(``Governed.confine_start``) while a quiet box is up to be protected: much of a start is work
+inside the OS (exec, page faults, file reads), which a Linux built without full preemption
+(PREEMPT_NONE, usual on servers) does not interrupt for a waking task, whatever the policy;
+measured, a quiet local neighbour's p99 under attack went from 2.4-2.6 to 1.6-2.0 times its idle
+one. Docker boxes start on every core: confining them measured 40 % off the start rate of a 100-run
+burst on 2 cores. Once its agent says ready a box is restored and judged by its work: a box that
+used at least ``BUSY_CPUS`` of a CPU over ``BUSY_WINDOW_S`` is demoted; one that then stays under
+``QUIET_CPUS`` (over the same window) for ``CALM_S`` is restored. The window is long
 enough that the 10 ms ticks in which Linux counts a process's CPU time do not make a quiet box look
 busy. The backend does the demoting, with what its provider allows:
 

@@ -15,6 +15,7 @@ from sandboxes.channel import MAX_CALL_BYTES, MAX_VIOLATIONS, Channel, write_tim
 from sandboxes.errors import SandboxLost
 from sandboxes.guest import protocol
 from tests.core.test_channel import ScriptedStream
+from tests.polling import until
 
 MB = 1 << 20
 
@@ -153,13 +154,8 @@ async def test_bytes_of_calls_in_flight_are_bounded() -> None:
     release.set()
     await stream.wait_sent(lambda m: sum(1 for x in stream.sent if x.get("ok")) == served)
     assert all(m["value"] == MB for m in stream.sent if m.get("ok"))
-    await asyncio.wait_for(_until(lambda: channel.call_bytes == 0), 10)
+    assert await until(lambda: channel.call_bytes == 0, 10)
     await channel.close()
-
-
-async def _until(predicate) -> None:  # type: ignore[no-untyped-def]
-    while not predicate():
-        await asyncio.sleep(0.01)
 
 
 async def test_unknown_handlers_and_unasked_answers_are_violations() -> None:
@@ -175,13 +171,13 @@ async def test_unknown_handlers_and_unasked_answers_are_violations() -> None:
     stream.push({"type": "pong", "id": "p1"})
     stream.push({"type": "pong", "id": "p1"})  # answered twice
     await asyncio.wait_for(asked, 5)
-    await asyncio.wait_for(_until(lambda: channel.violations == 2), 5)
+    assert await until(lambda: channel.violations == 2, 5)
     # A request given up on may still be answered, once, without counting against the box.
     with pytest.raises(TimeoutError):
         await channel.request({"type": "ping", "id": "p2"}, 0.05)
     stream.push({"type": "pong", "id": "p2"})
     stream.push({"type": "pong", "id": "p3"})  # marks that everything before it was read
-    await asyncio.wait_for(_until(lambda: channel.violations == 3), 5)
+    assert await until(lambda: channel.violations == 3, 5)
     await channel.close()
 
 

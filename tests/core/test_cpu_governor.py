@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -15,6 +14,7 @@ from sandboxes import SandboxSpec, open_sandbox
 from sandboxes import cpu_governor
 from sandboxes.backends import local
 from sandboxes.cpu_governor import BoxLoad, core_sets, cpuset_text, governor
+from tests.polling import until
 
 SPIN = "import time\nend = time.time() + {seconds}\nwhile time.time() < end:\n    pass\nprint('spun')"
 
@@ -107,16 +107,6 @@ def test_a_starting_box_is_confined_only_beside_a_quiet_box() -> None:
     own.boxes["first"].load.busy = True  # the quiet box turned busy: nobody left to protect
     start("third")
     assert placements["third"] == [(None, True)] and not own.protecting()
-
-
-async def until(check: Callable[[], Any], seconds: float) -> bool:
-    """Whether ``check()`` (run in a thread: it may block) came true within ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if await asyncio.to_thread(check):
-            return True
-        await asyncio.sleep(0.05)
-    return False
 
 
 def box_threads(box: Any) -> list[int]:

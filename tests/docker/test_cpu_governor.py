@@ -14,7 +14,8 @@ from sandboxes import cpu_governor
 from sandboxes.backends.docker.cgroups import box_cgroup
 from sandboxes.cpu_governor import governor
 from sandboxes.backends.docker.engine import engine_runtimes
-from tests.core.test_cpu_governor import texts, until
+from tests.core.test_cpu_governor import texts
+from tests.polling import until
 from tests.docker.helpers import docker_spec
 
 SPIN = "import time\nend = time.time() + {seconds}\nwhile time.time() < end:\n    pass\nprint('spun')"

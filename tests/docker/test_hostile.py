@@ -107,9 +107,15 @@ async def test_filling_the_disk(runtime: str | None) -> None:
         assert r3.status == "ok" and r3.stdout == "ok\n", r3
 
 
+# How long a cell's kernel gets to honour its interrupt here. A freshly started gVisor box beside a
+# busy neighbour on 2 cores took over 2 s (the default) to stop at times, and was then restarted:
+# what these tests check is the timeout and the cap, not how fast gVisor delivers a signal.
+GRACE_S = 5.0
+
+
 async def test_printing_without_end(runtime: str | None) -> None:
     limit = 64 * 1024
-    async with hostile_beside_neighbour(runtime, output_limit_bytes=limit) as (box, _):
+    async with hostile_beside_neighbour(runtime, output_limit_bytes=limit, kill_grace_s=GRACE_S) as (box, _):
         r = await box.execute("while True:\n    print('y' * 10000)", timeout=3)
         assert r.status == "timeout", r
         assert "characters omitted" in r.stdout
@@ -118,7 +124,7 @@ async def test_printing_without_end(runtime: str | None) -> None:
 
 
 async def test_busy_loop_past_the_timeout(runtime: str | None) -> None:
-    async with hostile_beside_neighbour(runtime, kill_grace_s=1.0) as (box, _):
+    async with hostile_beside_neighbour(runtime, kill_grace_s=GRACE_S) as (box, _):
         await box.execute("kept = 'yes'")
         r = await box.execute("while True:\n    pass", timeout=2)
         assert r.status == "timeout", r
