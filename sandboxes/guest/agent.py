@@ -1,9 +1,7 @@
 """The guest agent: runs inside the box, supervises one ipykernel, and speaks the protocol.
 
 It is the only process the controller talks to. It executes cells one at a time, bounds each by its
-timeout (interrupt, then kill and restart if the kernel has not ended the cell within a grace
-period: its shell reply says so, while a flood of its output may still be queued), caps what each
-cell sends back,
+timeout (interrupt, then kill and restart after a grace period), caps what each cell sends back,
 relays guest calls from kernel code to the controller, and writes uploaded files. It never trusts
 the kernel either: kernel code can reach the agent's call socket and may be hostile.
 
@@ -41,8 +39,6 @@ from sandboxes.guest.protocol import LineBuffer, ProtocolError
 from sandboxes.guest.uploads import Uploads
 
 LIVENESS_POLL = 0.2
-# After an interrupted cell has ended in the kernel: how long its remaining output may still be read.
-OUTPUT_CATCH_UP_S = 5.0
 
 
 class Agent:
@@ -183,21 +179,13 @@ class Agent:
                 await kernel.interrupt()
                 interrupted_at = now
             if interrupted_at is not None and now >= interrupted_at + self.kill_grace:
-                if msg_id not in kernel.answered:
-                    await kernel.restart()
-                    status = "kernel_restarted"
-                    notice = (f"The cell ignored the interrupt at its {timeout:g} s timeout and the kernel was "
-                              "killed and restarted: variables from earlier cells are gone.")
-                    break
-                # The kernel stopped the cell in time; only its output (a flood of it, on a busy box) is
-                # still being read. Read on for a while, then leave the rest: later cells skip it.
-                if now >= interrupted_at + self.kill_grace + OUTPUT_CATCH_UP_S:
-                    break
+                await kernel.restart()
+                status = "kernel_restarted"
+                notice = (f"The cell ignored the interrupt at its {timeout:g} s timeout and the kernel was killed"
+                          " and restarted: variables from earlier cells are gone.")
+                break
             wait = LIVENESS_POLL
-            if interrupted_at is None:
-                wait = min(wait, max(0.001, deadline - now))
-            elif msg_id not in kernel.answered:
-                wait = min(wait, max(0.001, interrupted_at + self.kill_grace - now))
+            wait = min(wait, max(0.001, (interrupted_at + self.kill_grace if interrupted_at else deadline) - now))
             try:
                 msg = await kc.get_iopub_msg(timeout=wait)
             except queue.Empty:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import os
 import queue
 import signal
@@ -33,9 +32,6 @@ class Kernel:
         self.owns_box = owns_box
         self.kc: Any = None
         self.drain: asyncio.Task[None] | None = None
-        # The requests the kernel has answered on shell, latest last: a cell whose reply came has
-        # ended in the kernel, even while its output is still on its way over iopub.
-        self.answered: collections.deque[str] = collections.deque(maxlen=16)
 
     async def connect(self) -> None:
         from jupyter_client.asynchronous import AsyncKernelClient
@@ -64,9 +60,8 @@ class Kernel:
                 if reply["content"].get("status") != "ok":
                     raise RuntimeError(f"kernel bootstrap failed: {reply['content'].get('evalue')}")
                 break
-        # Shell replies carry nothing iopub does not, but say when a cell ended in the kernel; drain
-        # them so none pile up.
-        self.drain = asyncio.create_task(self._drain_shell())
+        # Shell replies are not needed (iopub carries everything); drain them so none pile up.
+        self.drain = asyncio.create_task(self._drain_shell(self.kc))
 
     async def _wait_ready(self) -> None:
         """Until the kernel answers on shell and its iopub subscription is live.
@@ -98,11 +93,11 @@ class Kernel:
             except queue.Empty:
                 continue
 
-    async def _drain_shell(self) -> None:
+    @staticmethod
+    async def _drain_shell(kc: Any) -> None:
         while True:
             try:
-                reply = await self.kc.get_shell_msg(timeout=None)
-                self.answered.append(str(reply["parent_header"].get("msg_id")))
+                await kc.get_shell_msg(timeout=None)
             except asyncio.CancelledError:
                 raise
             except Exception:
