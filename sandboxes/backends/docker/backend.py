@@ -224,7 +224,8 @@ class DockerSandbox(Backend):
     def _governed(self) -> Governed | None:
         """How the CPU governor reads and places this box (in its thread: inspect blocks). A runc box
         is confined through Docker's update API, a gVisor one (runsc has no ``update``) through its
-        cgroup; a runc box is also demoted through its cgroup's ``cpu.idle`` where this process may write it."""
+        cgroup; a runc box is also demoted through its cgroup's ``cpu.idle`` where this process may
+        write it."""
         api, container_id = self._client.api, self.container_id
         state = api.inspect_container(container_id)
         cgroup = box_cgroup(state["State"].get("Pid") or 0, container_id)
