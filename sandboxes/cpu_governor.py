@@ -11,12 +11,14 @@ boxes only kept off one core, and 1.3 to 1.5 times with them demoted as below.
 How: a thread of its own (never the event loop) samples each box's CPU time every ``SAMPLE_S``. A
 box starts demoted: starting a kernel is a second of busy work that must not slow the boxes already
 at work. A starting box is lowered in priority; a local one is also kept off the quiet cores
-(``Governed.confine_start``) while a quiet box is up to be protected: much of a start is work
+(``add(confine_start=True)``) while a quiet box is up to be protected: much of a start is work
 inside the OS (exec, page faults, file reads), which a Linux built without full preemption
 (PREEMPT_NONE, usual on servers) does not interrupt for a waking task, whatever the policy;
 measured, a quiet local neighbour's p99 under attack went from 2.4-2.6 to 1.6-2.0 times its idle
-one. Docker boxes start on every core: confining them measured 40 % off the start rate of a 100-run
-burst on 2 cores. Once its agent says ready a box is restored and judged by its work: a box that
+one. At most one start per busy core is kept aside, and the others start on every core: a start is
+about a core's work, and confining a burst of them left the quiet cores idle (24 local runs at once
+on 2 cores took 26 s against 16 s). Docker boxes start on every core: confining them measured 40 %
+off the start rate of a 100-run burst on 2 cores. Once its agent says ready a box is restored and judged by its work: a box that
 used at least ``BUSY_CPUS`` of a CPU over ``BUSY_WINDOW_S`` is demoted; one that then stays under
 ``QUIET_CPUS`` (over the same window) for ``CALM_S`` is restored. The window is long
 enough that the 10 ms ticks in which Linux counts a process's CPU time do not make a quiet box look
@@ -126,18 +128,17 @@ class Governed:
 
     read: Callable[[], int | None]
     place: Callable[[frozenset[int] | None, bool], None]
-    # Whether a starting box is also kept off the quiet cores (not only lowered in priority).
-    confine_start: bool = False
 
 
 @dataclass
 class _Box:
     key: str
     setup: Callable[[], Governed | None]
+    start_cores: frozenset[int] | None = None  # where it starts (None: every core)
     governed: Governed | None = None  # set up on the first sample
     load: BoxLoad = field(default_factory=BoxLoad)
     ready: bool = False  # its agent said ready: judged by its work from now on
-    starting: bool = False  # demoted for its start-up
+    starting: bool = True  # demoted for its start-up until the first sample after it is ready
 
 
 @dataclass
@@ -152,14 +153,23 @@ class CpuGovernor:
     lock: threading.Lock = field(default_factory=threading.Lock)
     thread: threading.Thread | None = None
 
-    def add(self, key: str, setup: Callable[[], Governed | None]) -> None:
+    def add(self, key: str, setup: Callable[[], Governed | None],
+            confine_start: bool = False) -> frozenset[int] | None:
+        """Govern a box that is starting; returns the cores it starts on (None: every core).
+
+        With ``confine_start`` (a backend whose start is OS work no priority can pre-empt) the box
+        starts on the busy cores while a quiet box is up and fewer starts than busy cores are kept
+        there already; the backend applies that from the first moment it can."""
         if self.sets is None:
-            return
+            return None
         with self.lock:
-            self.boxes[key] = _Box(key, setup)
+            aside = sum(box.starting and box.start_cores is not None for box in self.boxes.values())
+            cores = self.sets[1] if confine_start and aside < len(self.sets[1]) and self._protecting() else None
+            self.boxes[key] = _Box(key, setup, cores)
             if self.thread is None or not self.thread.is_alive():
                 self.thread = threading.Thread(target=self._run, name="sandbox-cpu-governor", daemon=True)
                 self.thread.start()
+        return cores
 
     def ready(self, key: str) -> None:
         """The box is up: restore it if it was demoted for its start-up, and judge it from now on."""
@@ -172,11 +182,10 @@ class CpuGovernor:
         box = self.boxes.get(key)
         return box is not None and box.load.busy
 
-    def protecting(self) -> bool:
+    def _protecting(self) -> bool:
         """Whether a box is up and quiet: a neighbour a starting box could slow. Alone, a box starts
-        on every core (a start confined to some cores takes longer, for nobody's sake)."""
-        with self.lock:
-            return any(box.ready and not box.starting and not box.load.busy for box in self.boxes.values())
+        on every core (a start confined to some cores takes longer, for nobody's sake). Under the lock."""
+        return any(box.ready and not box.starting and not box.load.busy for box in self.boxes.values())
 
     def remove(self, key: str | None) -> None:
         with self.lock:
@@ -206,11 +215,9 @@ class CpuGovernor:
                 self.remove(box.key)
                 return
             if not box.ready:  # starting up is busy work
-                confine = box.governed.confine_start and self.protecting()
-                box.governed.place(self.sets[1] if confine else None, True)
-                box.starting = True
+                box.governed.place(box.start_cores, True)
         if box.starting and box.ready:
-            box.governed.place(self.sets[0] if box.governed.confine_start else None, False)
+            box.governed.place(self.sets[0] if box.start_cores is not None else None, False)
             box.starting = False
         if box.starting:
             return

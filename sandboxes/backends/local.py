@@ -181,17 +181,18 @@ class LocalSandbox(Backend):
                 start_new_session=True)
         finally:
             log.close()
-        if RESTORABLE and governor.sets is not None:
-            # Start-up is busy work: at idle priority (and off the quiet cores while a quiet box is up)
-            # from the first moment, which the kernel the agent launches inherits (the governor's
-            # first look may come later).
+        start_cores = governor.add(self.box_id, self._governed, confine_start=True)
+        if governor.sets is not None:
+            # Start-up is busy work: at idle priority (where it can be undone) and on the cores the
+            # governor chose from the first moment, which the kernel the agent launches inherits (the
+            # governor's first look may come later).
             try:
-                if governor.protecting():
-                    os.sched_setaffinity(self.proc.pid, governor.sets[1])
-                os.sched_setscheduler(self.proc.pid, os.SCHED_IDLE, os.sched_param(0))
+                if start_cores is not None:
+                    os.sched_setaffinity(self.proc.pid, start_cores)
+                if RESTORABLE:
+                    os.sched_setscheduler(self.proc.pid, os.SCHED_IDLE, os.sched_param(0))
             except OSError:
                 pass
-        governor.add(self.box_id, self._governed)
         accept = asyncio.ensure_future(self.listener.accept(self.spec.startup_timeout_s))
         exited = asyncio.ensure_future(self.proc.wait())
         try:
@@ -257,7 +258,7 @@ class LocalSandbox(Backend):
                     except OSError:
                         pass  # the thread ended meanwhile
 
-        return Governed(read, place, confine_start=True)
+        return Governed(read, place)
 
     def on_ready(self) -> None:
         governor.ready(self.box_id)

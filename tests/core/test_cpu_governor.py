@@ -5,6 +5,7 @@ restore it, runs at idle priority; its quiet neighbour is never touched."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 from typing import Any
 
@@ -83,30 +84,39 @@ def test_a_paced_box_is_never_demoted() -> None:
         assert load.step(used, t) is None
 
 
-def test_a_starting_box_is_confined_only_beside_a_quiet_box() -> None:
-    """Every start is demoted; one that may be confined is kept off the quiet cores only while a box
-    that is up and quiet could be slowed by it, and gets every core back once ready."""
+async def test_a_start_is_kept_off_the_quiet_cores_only_beside_a_quiet_box_and_one_per_busy_core() -> None:
+    """Every start is demoted; one that may be confined starts on the busy cores only while a box that
+    is up and quiet could be slowed by it, and only while those cores have a start fewer than they
+    number (the rest of a burst starts on every core); each gets every core back once ready."""
     every, busy = cores(4), frozenset({1, 2, 3})
     own = cpu_governor.CpuGovernor((every, busy))
-    placements: dict[str, list[tuple[frozenset[int] | None, bool]]] = {}
+    placements: dict[str, list[tuple[frozenset[int] | None, bool]]] = collections.defaultdict(list)
 
-    def start(key: str, confine: bool = True) -> None:
-        placements[key] = []
-        governed = cpu_governor.Governed(lambda: 0, lambda c, b: placements[key].append((c, b)), confine)
-        own.boxes[key] = cpu_governor._Box(key, lambda: governed)  # no thread: sampled by hand below
-        own._sample(own.boxes[key])
+    def start(key: str, confine: bool = True) -> frozenset[int] | None:
+        record = placements[key].append
+        return own.add(key, lambda: cpu_governor.Governed(lambda: 0, lambda c, b: record((c, b))), confine)
 
-    start("first")
-    assert placements["first"] == [(None, True)]  # alone: nobody to protect
-    own.ready("first")
-    own._sample(own.boxes["first"])
-    assert placements["first"][-1] == (every, False) and own.protecting()
-    start("second")
-    start("docker-like", confine=False)
-    assert placements["second"] == [(busy, True)] and placements["docker-like"] == [(None, True)]
-    own.boxes["first"].load.busy = True  # the quiet box turned busy: nobody left to protect
-    start("third")
-    assert placements["third"] == [(None, True)] and not own.protecting()
+    async def up(key: str, restored: tuple[frozenset[int] | None, bool]) -> None:
+        own.ready(key)
+        assert await until(lambda: placements[key][-1:] == [restored], 3.0), placements[key]
+
+    try:
+        assert start("first") is None  # alone: nobody to protect
+        assert await until(lambda: placements["first"] == [(None, True)], 3.0)
+        await up("first", (None, False))
+        assert [start(f"burst{i}") for i in range(4)] == [busy, busy, busy, None]  # one per busy core
+        assert start("docker-like", confine=False) is None
+        assert await until(lambda: placements["burst0"] == [(busy, True)] and placements["burst3"] == [(None, True)]
+                           and placements["docker-like"] == [(None, True)], 3.0), dict(placements)
+        await up("burst0", (every, False))  # its place on the busy cores is free again
+        assert start("next") == busy
+        for key in ("first", "burst0"):
+            own.boxes[key].load.busy = True  # the quiet boxes turned busy: nobody left to protect
+        own.remove("next")
+        assert start("last") is None
+    finally:
+        for key in list(own.boxes):
+            own.remove(key)
 
 
 def box_threads(box: Any) -> list[int]:
