@@ -35,6 +35,10 @@ No box slows the controller
       budget refills. Its bytes wait in its own socket, its agent's writes block, and kernel code
       calling in a loop is slowed at its source. A compromised agent that skips the value cap can
       still make one decode long; it then pays for it with its reading time.
+    * a box over budget is reported to the CPU governor (``pressing``), which demotes it as if it
+      kept a CPU busy: a box flooding output or calls uses well under half a CPU itself while it
+      makes the controller work, and at normal priority it slowed a quiet neighbour through the
+      first seconds of its attack (neighbours.py, local: p99 2.1-2.7 times idle; 1.4-1.8 with this).
     * a box the CPU governor has demoted for keeping a CPU busy (``demoted``) gets a fifth of that
       share and burst (``DEMOTED_FACTOR``), for as long as it keeps running out of them
       (``SLOWED_CALM_S``). The controller shares a core with the quiet boxes it serves, and a box
@@ -133,6 +137,7 @@ class Channel:
         decode_burst_s: float = DECODE_BURST_S,
         box_id: str = "",
         demoted: Callable[[], bool] = lambda: False,
+        pressing: Callable[[], None] = lambda: None,
     ) -> None:
         self.stream = stream
         self.handlers: dict[str, Handler] = dict(handlers or {})
@@ -156,6 +161,7 @@ class Channel:
         self._share = decode_share
         self._burst = decode_burst_s
         self._demoted = demoted
+        self._pressing = pressing
         self._slowed_until = 0.0
         self._budget = decode_burst_s
         self._budget_at = loop.time()
@@ -359,6 +365,7 @@ class Channel:
         self._budget = min(burst, self._budget + (now - self._budget_at) * share) - cost
         self._budget_at = now
         if self._budget < 0:
+            self._pressing()
             if slowed:  # held back, it looks calm to the governor: it stays slowed while it presses
                 self._slowed_until = now + SLOWED_CALM_S
             pause = min(-self._budget / share, MAX_DECODE_PAUSE_S)

@@ -18,16 +18,20 @@ measured, a quiet local neighbour's p99 under attack went from 2.4-2.6 to 1.6-2.
 one. At most one start per busy core is kept aside, and the others start on every core: a start is
 about a core's work, and confining a burst of them left the quiet cores idle (24 local runs at once
 on 2 cores took 26 s against 16 s). Docker boxes start on every core: confining them measured 40 %
-off the start rate of a 100-run burst on 2 cores. Once its agent says ready a box is restored and judged by its work: a box that
-used at least ``BUSY_CPUS`` of a CPU over ``BUSY_WINDOW_S`` is demoted; one that then stays under
-``QUIET_CPUS`` (over the same window) for ``CALM_S`` is restored. The window is long
-enough that the 10 ms ticks in which Linux counts a process's CPU time do not make a quiet box look
-busy. The backend does the demoting, with what its provider allows:
+off the start rate of a 100-run burst on 2 cores. Once its agent says ready a box is restored and
+judged by its work: a box that used at least ``BUSY_CPUS`` of a CPU over ``BUSY_WINDOW_S`` (or more
+than a core, ``SURGE_CPUS``, over the shorter ``SURGE_WINDOW_S``) is demoted; one that then stays
+under ``QUIET_CPUS`` (over the same window) for ``CALM_S`` is restored. The window is long enough
+that the 10 ms ticks in which Linux counts a process's CPU time do not make a quiet box look busy.
+The backend does the demoting, with what its provider allows:
 
 * the box runs at idle priority (a cgroup's ``cpu.idle`` for Docker runc boxes, ``SCHED_IDLE`` for the
   processes of a local box): any task of normal priority that wakes takes the core from it at once;
 * and it is confined to the busy cores (every core but the first ``quiet_cores``), so the quiet
   cores are free for the controller and quiet boxes whatever the scheduler does.
+
+A box whose lines the controller has held back (its channel ran out of decode budget: ``press``)
+is demoted the same way, until it has not pressed for ``CALM_S``.
 
 A demoted box keeps its quota and still runs, on whatever its betters leave; the controller's own
 work for it is demoted too (``Channel``: a fifth of the decode share). Quiet boxes are never
@@ -57,6 +61,8 @@ SAMPLE_S = 0.1
 BUSY_WINDOW_S = 0.5
 BUSY_CPUS = 0.5  # of one CPU, over BUSY_WINDOW_S: the box is demoted
 QUIET_CPUS = 0.2  # of one CPU, over BUSY_WINDOW_S: a box this calm throughout CALM_S is restored
+SURGE_WINDOW_S = 0.2
+SURGE_CPUS = 1.25  # over SURGE_WINDOW_S: demoted at once, before a whole BUSY_WINDOW_S has passed
 CALM_S = 2.0
 
 
@@ -102,6 +108,9 @@ class BoxLoad:
         while len(self.samples) > 2 and now - self.samples[1][0] >= BUSY_WINDOW_S - 1e-9:
             self.samples.popleft()
         (first_at, first_ns), (last_at, last_ns) = self.samples[0], self.samples[-1]
+        if not self.busy and self._surging():
+            self.busy, self.calm_since = True, None
+            return True
         if now - first_at < BUSY_WINDOW_S - 1e-9:
             return None  # seen for less than the window: too soon to call it busy
         window = (last_ns - first_ns) / 1e9 / (last_at - first_at)
@@ -118,6 +127,15 @@ class BoxLoad:
             self.busy, self.calm_since = False, None
             return False
         return None
+
+    def _surging(self) -> bool:
+        """Over ``SURGE_CPUS`` through the last ``SURGE_WINDOW_S``: more than a core, which no box
+        that mostly waits uses however its ticks fall, so it need not wait for the whole window."""
+        last_at, last_ns = self.samples[-1]
+        for at, ns in reversed(self.samples):
+            if last_at - at >= SURGE_WINDOW_S - 1e-9:
+                return (last_ns - ns) / 1e9 / (last_at - at) >= SURGE_CPUS
+        return False
 
 
 @dataclass(frozen=True)
@@ -139,6 +157,8 @@ class _Box:
     load: BoxLoad = field(default_factory=BoxLoad)
     ready: bool = False  # its agent said ready: judged by its work from now on
     starting: bool = True  # demoted for its start-up until the first sample after it is ready
+    pressed_at: float = float("-inf")  # when the controller last held back reading it (``press``)
+    placed_busy: bool = False  # whether it is placed as demoted for its work now
 
 
 @dataclass
@@ -176,6 +196,14 @@ class CpuGovernor:
         with self.lock:
             if key in self.boxes:
                 self.boxes[key].ready = True
+
+    def press(self, key: str) -> None:
+        """The controller ran out of patience with the box's lines (its channel paused reading it):
+        demote it as if it were busy, until it has neither pressed nor kept a CPU busy for
+        ``CALM_S``. Called from the event loop: one float written, no lock."""
+        box = self.boxes.get(key)
+        if box is not None:
+            box.pressed_at = time.monotonic()
 
     def demoted(self, key: str) -> bool:
         """Whether the box is demoted for its work now (read without the lock: one dict lookup)."""
@@ -222,16 +250,18 @@ class CpuGovernor:
         if box.starting:
             return
         usage, now = box.governed.read(), time.monotonic()
-        if usage is None:
-            return
-        move = box.load.step(usage, now)
-        if move is None:
+        if usage is not None:
+            box.load.step(usage, now)
+        busy = box.load.busy or now - box.pressed_at < CALM_S
+        if busy == box.placed_busy:
             return
         with self.lock:
             if box.key not in self.boxes:
                 return  # destroyed meanwhile: nothing to move
-        box.governed.place(self.sets[1] if move else self.sets[0], move)
-        log.debug("cpu_governor_moved", box=box.key[:12], busy=move)
+        box.governed.place(self.sets[1] if busy else self.sets[0], busy)
+        box.placed_busy = busy
+        log.debug("cpu_governor_moved", box=box.key[:12], busy=busy,
+                  why="cpu" if box.load.busy else "pressed" if busy else "calm")
 
 
 # The cores this process may use: on a machine that gave the controller only some, the boxes get those.

@@ -106,7 +106,8 @@ class Sandbox:
                     stream = await backend.start()
                     channel = Channel(stream, handlers=handlers, max_concurrent_calls=spec.max_concurrent_calls,
                                       max_pending_calls=spec.max_pending_calls, box_id=backend.box_id,
-                                      demoted=functools.partial(governor.demoted, backend.box_id))
+                                      demoted=functools.partial(governor.demoted, backend.box_id),
+                                      pressing=functools.partial(governor.press, backend.box_id))
                     channel.start()
                     ready = await channel.ready(spec.startup_timeout_s)
                 _check_versions(ready)

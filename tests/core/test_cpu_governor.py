@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
+import time
 from typing import Any
 
 import pytest
@@ -75,6 +76,22 @@ def test_a_box_is_demoted_when_busy_and_restored_only_after_a_calm_spell() -> No
     assert calm.index(False) * s >= cpu_governor.CALM_S
 
 
+def test_a_box_using_more_than_a_core_is_demoted_before_the_whole_window() -> None:
+    load, used, t = BoxLoad(), 0, 0.0
+    steps = []
+    while not load.busy:
+        t += cpu_governor.SAMPLE_S
+        used += int(2.0 * cpu_governor.SAMPLE_S * 1e9)  # two cores' worth
+        steps.append(load.step(used, t))
+    assert steps[-1] is True and cpu_governor.SURGE_WINDOW_S <= t - cpu_governor.SAMPLE_S < cpu_governor.BUSY_WINDOW_S
+    # A core's worth (cells back to back) is not a surge: it waits for the whole window.
+    load, used, t = BoxLoad(), 0, 0.0
+    for _ in range(round(cpu_governor.BUSY_WINDOW_S / cpu_governor.SAMPLE_S)):
+        t += cpu_governor.SAMPLE_S
+        used += int(1.0 * cpu_governor.SAMPLE_S * 1e9) + 10_000_000  # and a tick falls its way
+        assert load.step(used, t) is None
+
+
 def test_a_paced_box_is_never_demoted() -> None:
     """A third of a CPU (a trivial cell every 20 ms), even counted in 10 ms ticks, is quiet."""
     load, used, t = BoxLoad(), 0, 0.0
@@ -117,6 +134,31 @@ async def test_a_start_is_kept_off_the_quiet_cores_only_beside_a_quiet_box_and_o
     finally:
         for key in list(own.boxes):
             own.remove(key)
+
+
+async def test_a_box_the_controller_holds_back_is_demoted_until_it_stops_pressing() -> None:
+    """A box whose lines the controller paused reading (``press``) is demoted though its own CPU is
+    quiet, stays so while it presses, and is restored ``CALM_S`` after its last press."""
+    every, busy = cores(2), frozenset({1})
+    own = cpu_governor.CpuGovernor((every, busy))
+    placements: list[tuple[frozenset[int] | None, bool]] = []
+    own.add("box", lambda: cpu_governor.Governed(lambda: 0, lambda c, b: placements.append((c, b))))
+    try:
+        own.ready("box")
+        assert await until(lambda: placements[-1:] == [(None, False)], 3.0), placements  # up: restored
+        own.press("box")
+        assert await until(lambda: placements[-1:] == [(busy, True)], 3.0), placements
+        assert not own.demoted("box")  # its CPU is quiet: the channel does not shrink its share for this
+        pressed_until = time.monotonic() + cpu_governor.CALM_S
+        while time.monotonic() < pressed_until:
+            own.press("box")
+            await asyncio.sleep(0.2)
+        assert placements[-1] == (busy, True)
+        last_press = time.monotonic()
+        assert await until(lambda: placements[-1] == (every, False), cpu_governor.CALM_S + 3.0), placements
+        assert time.monotonic() - last_press >= cpu_governor.CALM_S - 0.2
+    finally:
+        own.remove("box")
 
 
 def box_threads(box: Any) -> list[int]:
