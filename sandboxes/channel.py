@@ -35,10 +35,11 @@ No box slows the controller
       budget refills. Its bytes wait in its own socket, its agent's writes block, and kernel code
       calling in a loop is slowed at its source. A compromised agent that skips the value cap can
       still make one decode long; it then pays for it with its reading time.
-    * a box over budget is reported to the CPU governor (``pressing``), which demotes it as if it
-      kept a CPU busy: a box flooding output or calls uses well under half a CPU itself while it
-      makes the controller work, and at normal priority it slowed a quiet neighbour through the
-      first seconds of its attack (neighbours.py, local: p99 2.1-2.7 times idle; 1.4-1.8 with this).
+    * a box over budget, or whose decoding takes more than ``PRESS_SHARE`` of a core on average, is
+      reported to the CPU governor (``pressing``), which demotes it as if it kept a CPU busy: a box
+      flooding output or calls uses well under half a CPU itself while it makes the controller work,
+      and at normal priority it slowed a quiet neighbour through the first seconds of its attack
+      (neighbours.py, local: p99 2.1-2.7 times idle; 1.4-1.8 with this).
     * a box the CPU governor has demoted for keeping a CPU busy (``demoted``) gets a fifth of that
       share and burst (``DEMOTED_FACTOR``), for as long as it keeps running out of them
       (``SLOWED_CALM_S``). The controller shares a core with the quiet boxes it serves, and a box
@@ -70,6 +71,7 @@ import asyncio
 import collections
 import inspect
 import itertools
+import math
 import time
 from typing import Any, Awaitable, Callable, Mapping
 
@@ -104,6 +106,12 @@ MAX_DECODE_PAUSE_S = 1.0
 # about 3 ns), and the part of its share and burst a box demoted by the CPU governor keeps.
 BYTE_COST_S = 3e-9
 DEMOTED_FACTOR = 0.2
+# A box whose decoding has taken more than this share of a core, averaged over about
+# PRESS_WINDOW_S, is reported to the CPU governor as pressing: a box that mostly waits (an RLM's
+# cells and sub-calls) stays well under it, a flood of results or calls is over it within a few
+# tenths of a second, long before it has used up its budget (at 6 % against a 5 % share, seconds).
+PRESS_SHARE = 0.02
+PRESS_WINDOW_S = 0.5
 # A slowed box that keeps running out of its smaller budget stays slowed until this long after it
 # last did, even once the governor restores it (held back by its reader, it no longer looks busy).
 SLOWED_CALM_S = 2.0
@@ -165,6 +173,8 @@ class Channel:
         self._slowed_until = 0.0
         self._budget = decode_burst_s
         self._budget_at = loop.time()
+        self._rate = 0.0  # decode cost per second, averaged over about PRESS_WINDOW_S
+        self._rate_at = loop.time()
         self.lost: str | None = None
         self.violations = 0
         self.on_lost: Callable[[str], None] | None = None
@@ -364,8 +374,11 @@ class Channel:
             share, burst = share * DEMOTED_FACTOR, burst * DEMOTED_FACTOR
         self._budget = min(burst, self._budget + (now - self._budget_at) * share) - cost
         self._budget_at = now
-        if self._budget < 0:
+        self._rate = self._rate * math.exp((self._rate_at - now) / PRESS_WINDOW_S) + cost / PRESS_WINDOW_S
+        self._rate_at = now
+        if self._rate > PRESS_SHARE or self._budget < 0:
             self._pressing()
+        if self._budget < 0:
             if slowed:  # held back, it looks calm to the governor: it stays slowed while it presses
                 self._slowed_until = now + SLOWED_CALM_S
             pause = min(-self._budget / share, MAX_DECODE_PAUSE_S)
