@@ -253,6 +253,38 @@ async def test_a_demoted_box_is_slowed_while_it_presses() -> None:
     assert took > 15 * cost, (took, cost)
 
 
+async def test_a_box_whose_decoding_outruns_a_small_share_is_reported_as_pressing_early() -> None:
+    """Lines at a tenth of a core (over the 5 % share, but a second from spending the burst) make
+    the channel report the box to the CPU governor within a fraction of a second; lines at half a
+    percent of a core, as a box that mostly waits sends, never do."""
+    message = _costly_line(protocol.MAX_CALL_VALUES)
+    line = protocol.encode(message)
+    started = time.thread_time()
+    for _ in range(5):
+        protocol.decode(line, protocol.TO_CONTROLLER)
+    cost = (time.thread_time() - started) / 5
+
+    async def sink(payload: Any) -> int:
+        return len(payload)
+
+    async def first_press(share: float, seconds: float) -> float | None:
+        pressed: list[float] = []
+        stream = ScriptedStream()
+        channel = Channel(stream, handlers={"sink": sink}, box_id="t", pressing=lambda: pressed.append(time.monotonic()))
+        channel.start()
+        begun, i = time.monotonic(), 0
+        while time.monotonic() - begun < seconds and not pressed:
+            stream.push(dict(message, id=f"c{i}"))
+            i += 1
+            await asyncio.sleep(cost / share)
+        await channel.close()
+        return pressed[0] - begun if pressed else None
+
+    assert await first_press(0.005, 2.0) is None
+    took = await first_press(0.1, 3.0)
+    assert took is not None and took < 0.7, took
+
+
 async def test_a_malformed_answer_ends_the_wait_for_it() -> None:
     async def bad_result(peer: MemoryAgent) -> None:
         await peer.say_ready()
