@@ -30,8 +30,8 @@ The backend does the demoting, with what its provider allows:
 * and it is confined to the busy cores (every core but the first ``quiet_cores``), so the quiet
   cores are free for the controller and quiet boxes whatever the scheduler does.
 
-A box whose lines the controller has held back (its channel ran out of decode budget: ``press``)
-is demoted the same way, until it has not pressed for ``CALM_S``.
+A box whose lines cost the controller more than their share (its channel says so: ``press``) is
+demoted the same way, until it has not pressed for ``CALM_S``.
 
 A demoted box keeps its quota and still runs, on whatever its betters leave; the controller's own
 work for it is demoted too (``Channel``: a fifth of the decode share). Quiet boxes are never
@@ -157,7 +157,7 @@ class _Box:
     load: BoxLoad = field(default_factory=BoxLoad)
     ready: bool = False  # its agent said ready: judged by its work from now on
     starting: bool = True  # demoted for its start-up until the first sample after it is ready
-    pressed_at: float = float("-inf")  # when the controller last held back reading it (``press``)
+    pressed_at: float = float("-inf")  # when its channel last said it pressed (``press``)
     placed_busy: bool = False  # whether it is placed as demoted for its work now
 
 
@@ -198,9 +198,9 @@ class CpuGovernor:
                 self.boxes[key].ready = True
 
     def press(self, key: str) -> None:
-        """The controller ran out of patience with the box's lines (its channel paused reading it):
-        demote it as if it were busy, until it has neither pressed nor kept a CPU busy for
-        ``CALM_S``. Called from the event loop: one float written, no lock."""
+        """The box's lines cost the controller more than their share (its channel says so): demote
+        it as if it were busy, until it has neither pressed nor kept a CPU busy for ``CALM_S``.
+        Called from the event loop: one float written, no lock."""
         box = self.boxes.get(key)
         if box is not None:
             box.pressed_at = time.monotonic()
@@ -213,7 +213,7 @@ class CpuGovernor:
     def _protecting(self) -> bool:
         """Whether a box is up and quiet: a neighbour a starting box could slow. Alone, a box starts
         on every core (a start confined to some cores takes longer, for nobody's sake). Under the lock."""
-        return any(box.ready and not box.starting and not box.load.busy for box in self.boxes.values())
+        return any(box.ready and not box.starting and not box.placed_busy for box in self.boxes.values())
 
     def remove(self, key: str | None) -> None:
         with self.lock:

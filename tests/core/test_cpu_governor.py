@@ -128,7 +128,8 @@ async def test_a_start_is_kept_off_the_quiet_cores_only_beside_a_quiet_box_and_o
         await up("burst0", (every, False))  # its place on the busy cores is free again
         assert start("next") == busy
         for key in ("first", "burst0"):
-            own.boxes[key].load.busy = True  # the quiet boxes turned busy: nobody left to protect
+            own.press(key)  # the quiet boxes turned busy: nobody left to protect
+        assert await until(lambda: own.boxes["first"].placed_busy and own.boxes["burst0"].placed_busy, 3.0)
         own.remove("next")
         assert start("last") is None
     finally:
