@@ -199,6 +199,15 @@ def _costly_line(values: int) -> dict[str, Any]:
     return {"type": "call", "id": "c", "name": "sink", "payload": list(range(10**6, 10**6 + values))}
 
 
+def _decode_cost(message: dict[str, Any]) -> float:
+    """The CPU time one decode of ``message``'s line takes here."""
+    line = protocol.encode(message)
+    started = time.thread_time()
+    for _ in range(5):
+        protocol.decode(line, protocol.TO_CONTROLLER)
+    return (time.thread_time() - started) / 5
+
+
 async def _paced(lines: int, demoted: Any = lambda: False) -> tuple[float, float]:
     """(seconds a box took to get ``lines`` costly guest calls served at a decode share of 0.2, the
     CPU time their decoding alone costs)."""
@@ -210,11 +219,7 @@ async def _paced(lines: int, demoted: Any = lambda: False) -> tuple[float, float
         return len(payload)
 
     message = _costly_line(protocol.MAX_CALL_VALUES)
-    line = protocol.encode(message)
-    started = time.thread_time()
-    for _ in range(5):
-        protocol.decode(line, protocol.TO_CONTROLLER)
-    cost = (time.thread_time() - started) / 5 * lines
+    cost = _decode_cost(message) * lines
 
     stream = ScriptedStream()
     channel = Channel(stream, handlers={"sink": sink}, decode_share=0.2, decode_burst_s=0.01, box_id="t",
@@ -258,11 +263,7 @@ async def test_a_box_whose_decoding_outruns_a_small_share_is_reported_as_pressin
     the channel report the box to the CPU governor within a fraction of a second; lines at half a
     percent of a core, as a box that mostly waits sends, never do."""
     message = _costly_line(protocol.MAX_CALL_VALUES)
-    line = protocol.encode(message)
-    started = time.thread_time()
-    for _ in range(5):
-        protocol.decode(line, protocol.TO_CONTROLLER)
-    cost = (time.thread_time() - started) / 5
+    cost = _decode_cost(message)
 
     async def sink(payload: Any) -> int:
         return len(payload)
