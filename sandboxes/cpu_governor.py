@@ -141,7 +141,7 @@ class BoxLoad:
 @dataclass(frozen=True)
 class Governed:
     """How the governor handles one box, as its backend says: a reader of the box's CPU time (ns;
-    None when unknown for now), and ``place(cores, busy)``, which confines the box to ``cores``
+    None once the box is gone), and ``place(cores, busy)``, which confines the box to ``cores``
     (None: leave them) and demotes it (``busy``) or restores it."""
 
     read: Callable[[], int | None]
@@ -151,7 +151,7 @@ class Governed:
 @dataclass
 class _Box:
     key: str
-    setup: Callable[[], Governed | None]
+    setup: Callable[[], Governed | None] | None  # dropped once used: it may hold the backend
     start_cores: frozenset[int] | None = None  # where it starts (None: every core)
     governed: Governed | None = None  # set up on the first sample
     load: BoxLoad = field(default_factory=BoxLoad)
@@ -237,7 +237,10 @@ class CpuGovernor:
     def _sample(self, box: _Box) -> None:
         assert self.sets is not None
         if box.governed is None:
-            box.governed = box.setup()
+            assert box.setup is not None
+            # The backend's setup is dropped once used: held here, it would keep a box that its
+            # controller dropped unclosed (and the box's connection) alive as long as the governor.
+            box.governed, box.setup = box.setup(), None
             if box.governed is None:
                 log.debug("cpu_governor_not_governed", box=box.key[:12])
                 self.remove(box.key)
@@ -250,8 +253,11 @@ class CpuGovernor:
         if box.starting:
             return
         usage, now = box.governed.read(), time.monotonic()
-        if usage is not None:
-            box.load.step(usage, now)
+        if usage is None:  # gone without being destroyed here (its agent exited): stop watching it
+            log.debug("cpu_governor_gone", box=box.key[:12])
+            self.remove(box.key)
+            return
+        box.load.step(usage, now)
         busy = box.load.busy or now - box.pressed_at < CALM_S
         if busy == box.placed_busy:
             return

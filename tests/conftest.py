@@ -9,7 +9,7 @@ import time
 import pytest
 import structlog
 
-from sandboxes.backends.local import CONTROLLER_ENV, MARKER_ENV, marked_processes
+from sandboxes.backends.local import CONTROLLER_ENV, MARKER_ENV, marked_processes, stat_fields
 
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
@@ -21,6 +21,34 @@ def box_processes(box_id: str | None = None) -> list[int]:
     return sorted(marked_processes(f"{MARKER_ENV}={box_id}"))
 
 
+# Box processes of this session alive at the end of a test, with the first test they outlived: a
+# leak found at the end of the session names where it began.
+_outlived: dict[int, str] = {}
+
+
+def _own_box_processes() -> set[int]:
+    return marked_processes(f"{CONTROLLER_ENV}={os.getpid()}")
+
+
+def pytest_runtest_logfinish(nodeid: str, location: object) -> None:
+    alive = _own_box_processes()
+    for pid in list(_outlived):
+        if pid not in alive:
+            del _outlived[pid]
+    for pid in alive:
+        _outlived.setdefault(pid, nodeid)
+
+
+def _described(pid: int) -> str:
+    try:
+        state = stat_fields(str(pid))[0].decode()
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            command = f.read().replace(b"\0", b" ").decode(errors="replace")[:80]
+    except OSError:
+        return f"{pid} (gone)"
+    return f"{pid} (state {state}, {command!r}, alive since the end of {_outlived.get(pid, '?')})"
+
+
 @pytest.fixture(autouse=True, scope="session")
 def no_leftover_box_processes():
     """No local box started by this test session may have a process left when the session ends (other
@@ -29,8 +57,7 @@ def no_leftover_box_processes():
     # A box whose controller side went away without closing it (its event loop ended) is ended by its
     # agent, which exits when its connection closes: that takes a moment. What is still running after
     # the deadline is a leak.
-    marker = f"{CONTROLLER_ENV}={os.getpid()}"
     deadline = time.monotonic() + 20.0
-    while (left := sorted(marked_processes(marker))) and time.monotonic() < deadline:
+    while (left := sorted(_own_box_processes())) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not left, f"sandbox processes left running after the tests: {left}"
+    assert not left, f"sandbox processes left running after the tests: {[_described(pid) for pid in left]}"

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import os
 import time
+import weakref
 from typing import Any
 
 import pytest
@@ -160,6 +162,31 @@ async def test_a_box_the_controller_holds_back_is_demoted_until_it_stops_pressin
         assert time.monotonic() - last_press >= cpu_governor.CALM_S - 0.2
     finally:
         own.remove("box")
+
+
+async def test_the_governor_holds_no_backend_and_forgets_a_box_that_is_gone() -> None:
+    """A box its controller dropped unclosed must not be kept alive by the governor (the backend
+    holds the box's connection, whose end is what tells its agent to exit), and once its reader says
+    it is gone, the governor stops watching it."""
+
+    class Backend:
+        alive = True
+
+        def governed(self) -> cpu_governor.Governed:
+            return cpu_governor.Governed(lambda: 0 if Backend.alive else None, lambda c, b: None)
+
+    own = cpu_governor.CpuGovernor((cores(2), frozenset({1})))
+    backend = Backend()
+    held = weakref.ref(backend)
+    own.add("box", backend.governed)
+    own.ready("box")
+    del backend
+    assert await until(lambda: own.boxes["box"].governed is not None, 3.0)
+    gc.collect()
+    assert held() is None
+    Backend.alive = False
+    assert await until(lambda: "box" not in own.boxes, 3.0)
+    assert await until(lambda: own.thread is None, 3.0)  # nothing left to watch: the thread ends
 
 
 def box_threads(box: Any) -> list[int]:
