@@ -39,7 +39,7 @@ No box slows the controller
       reported to the CPU governor (``pressing``), which demotes it as if it kept a CPU busy: a box
       flooding output or calls uses well under half a CPU itself while it makes the controller work,
       and at normal priority it slowed a quiet neighbour through the first seconds of its attack
-      (neighbours.py, local: p99 2.1-2.7 times idle; 1.3-1.9 with this, in 12 runs of 13).
+      (neighbours.py, local: p99 2.1-2.7 times idle; 1.3-1.9 with this, in 19 runs of 20).
     * a box the CPU governor has demoted for keeping a CPU busy (``demoted``) gets a fifth of that
       share and burst (``DEMOTED_FACTOR``), for as long as it keeps running out of them
       (``SLOWED_CALM_S``). The controller shares a core with the quiet boxes it serves, and a box

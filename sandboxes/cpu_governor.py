@@ -206,7 +206,8 @@ class CpuGovernor:
             box.pressed_at = time.monotonic()
 
     def demoted(self, key: str) -> bool:
-        """Whether the box is demoted for its work now (read without the lock: one dict lookup)."""
+        """Whether the box is demoted for keeping a CPU busy (not for pressing: its channel's share
+        shrinks only for that). Read without the lock: one dict lookup."""
         box = self.boxes.get(key)
         return box is not None and box.load.busy
 
